@@ -1,0 +1,3 @@
+from tissuemap.cli import main
+
+main()
