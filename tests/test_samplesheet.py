@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tissuemap.errors import InputError
 from tissuemap.samplesheet import read_samplesheet, validate_sample_name
@@ -91,3 +93,32 @@ def test_safe_sample_names_pass(name):
 def test_unsafe_sample_names_fail(name):
     with pytest.raises(InputError, match="not a valid sample name"):
         validate_sample_name(name)
+
+
+# Property-based: whatever the sample names in a sheet, the validator accepts exactly the safe, unique ones and
+# never crashes with anything but a one-line InputError.
+
+SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+cell_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n,\"'"), max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(cell_text, min_size=1, max_size=4))
+def test_validator_accepts_exactly_safe_unique_names(sheet_dir, names):
+    rows = "".join(f"{name},s1/outs\n" for name in names)
+    path = write_sheet(sheet_dir, "sample,spaceranger_dir\n" + rows)
+    stripped = [name.strip() for name in names]
+    rows_kept = [name for name in stripped if name]  # blank lines are skipped, as in any CSV reader
+    expected_ok = (
+        len(rows_kept) == len(stripped)
+        and all(set(name) <= SAFE and set(name) != {"."} and len(name) <= 128 for name in stripped)
+        and len(set(stripped)) == len(stripped)
+    )
+    try:
+        samples = read_samplesheet(path)
+    except InputError as err:
+        assert not expected_ok, str(err)
+        assert "\n" not in str(err) and str(err).startswith(str(path))
+    else:
+        assert expected_ok
+        assert [s.sample for s in samples] == stripped
