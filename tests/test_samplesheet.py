@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tissuemap.errors import InputError
-from tissuemap.samplesheet import read_samplesheet, validate_sample_name
+from tissuemap.samplesheet import read_samplesheet, validate_name
 
 
 @pytest.fixture
@@ -86,13 +86,19 @@ def test_missing_samplesheet_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["A", "sample_1", "S-2.rep3", "x.y"])
 def test_safe_sample_names_pass(name):
-    assert validate_sample_name(name) == name
+    assert validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "a b", "<script>", "a&b", "x" * 200])
 def test_unsafe_sample_names_fail(name):
     with pytest.raises(InputError, match="not a valid sample name"):
-        validate_sample_name(name)
+        validate_name(name)
+
+
+def test_slide_names_follow_their_own_rule():
+    assert validate_name("slide.1", column="slide", where="--slide") == "slide.1"
+    with pytest.raises(InputError, match="--slide: 'a/b' is not a valid slide name"):
+        validate_name("a/b", column="slide", where="--slide")
 
 
 # Property-based: whatever the sample names in a sheet, the validator accepts exactly the safe, unique ones and

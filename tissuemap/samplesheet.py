@@ -46,12 +46,15 @@ def load_schema() -> dict:
     return json.loads(files("tissuemap").joinpath("assets", "schema_input.json").read_text())
 
 
-def validate_sample_name(name: str, where: str = "--sample") -> str:
-    """Return ``name`` if it is a safe sample name (it becomes a folder and appears in HTML), else raise."""
-    rule = load_schema()["items"]["properties"]["sample"]
-    if not re.fullmatch(rule["pattern"], name) or len(name) > rule["maxLength"]:
-        raise InputError(f"{where}: {name!r} is not a valid sample name. {rule['errorMessage']}")
-    return name
+def validate_name(value: str, column: str = "sample", where: str = "--sample") -> str:
+    """Return ``value`` if it obeys the schema's rule for ``column`` (``sample`` or ``slide``), else raise.
+
+    Sample and slide names become folder and file names and appear in HTML, hence the strict character set.
+    """
+    rule = load_schema()["items"]["properties"][column]
+    if not re.fullmatch(rule["pattern"], value) or len(value) > rule.get("maxLength", len(value)):
+        raise InputError(f"{where}: {value!r} is not a valid {column} name. {rule['errorMessage']}")
+    return value
 
 
 def _validator_class():

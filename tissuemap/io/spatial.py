@@ -1,0 +1,122 @@
+"""Read one spatial sample, from a Space Ranger ``outs/`` folder or an AnnData ``.h5ad``, into one AnnData layout.
+
+The layout is the one :mod:`tissuemap.io.visium` documents; an ``.h5ad`` needs raw counts in ``X`` and spot
+coordinates in ``obsm['spatial']``, and keeps its ``uns['spatial']`` images and scale factors when it has them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tissuemap.counts import check_raw_counts
+from tissuemap.errors import InputError
+from tissuemap.io.visium import MATRIX_FILES, read_spaceranger
+from tissuemap.log import logger
+
+# var columns that other tools use for gene symbols and for Ensembl ids (CELLxGENE, scanpy, Seurat conversions)
+SYMBOL_COLUMNS = ("SYMBOL", "feature_name", "gene_symbols", "gene_symbol", "gene_name", "gene_names", "symbol")
+GENE_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "feature_id")
+
+
+def read_spatial_sample(path: str | Path, sample: str):
+    """Read one sample: a Space Ranger ``outs/`` folder (or the run folder above it) or an ``.h5ad`` file.
+
+    Parameters
+    ----------
+    path
+        Space Ranger ``outs/`` folder, or ``.h5ad`` with raw counts in ``X`` and ``obsm['spatial']``.
+    sample
+        Sample name: ``obs['sample']`` and the library id of ``uns['spatial']``.
+
+    Returns
+    -------
+    AnnData with the in-tissue spots, raw counts in ``X`` (float32 CSR), Ensembl ids as ``var_names`` where known
+    and symbols in ``var['SYMBOL']``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found; give a Space Ranger outs/ folder or an .h5ad file")
+    if path.is_dir():
+        has_matrix = any((path / name).is_file() for name in MATRIX_FILES)
+        if not has_matrix and (path / "outs").is_dir():
+            logger.info("%s: reading its outs/ folder", path)
+            path = path / "outs"
+        return read_spaceranger(path, sample)
+    if path.suffix == ".h5ad":
+        return read_h5ad_sample(path, sample)
+    raise InputError(
+        f"{path}: not a folder or an .h5ad file; give the Space Ranger outs/ folder (matrix h5 and spatial/) "
+        "or an .h5ad with raw counts and obsm['spatial']"
+    )
+
+
+def read_h5ad_sample(path: Path, sample: str):
+    """Read an ``.h5ad`` sample (see :func:`read_spatial_sample`); with ``obs['in_tissue']``, only in-tissue spots."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"{path}: not a readable .h5ad file ({err}); write it with anndata's write_h5ad") from None
+    spatial = adata.obsm.get("spatial")
+    if spatial is None:
+        raise InputError(
+            f"{path}: no obsm['spatial'] (spot coordinates); store the spots' [x, y] pixel positions there, "
+            "or give the Space Ranger outs/ folder instead"
+        )
+    spatial = np.asarray(spatial)
+    if spatial.ndim != 2 or spatial.shape[1] != 2 or not np.issubdtype(spatial.dtype, np.number):
+        raise InputError(
+            f"{path}: obsm['spatial'] must be a numeric spots x 2 array of [x, y] positions, got {spatial.shape}"
+        )
+    check_raw_counts(adata.X, str(path), adata.obs_names, adata.var_names)
+    if "in_tissue" in adata.obs:
+        in_tissue = adata.obs["in_tissue"].to_numpy() == 1
+        logger.info("%s: keeping the %d of %d spots with in_tissue = 1", path, int(in_tissue.sum()), adata.n_obs)
+        if not in_tissue.any():
+            raise InputError(f"{path}: no spot has obs['in_tissue'] = 1; check the file")
+        adata = adata[in_tissue].copy()
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    adata.obs["sample"] = sample
+    _name_genes(adata, path)
+    _rekey_spatial(adata, sample, path)
+    logger.info("%s: %d spots x %d genes", sample, adata.n_obs, adata.n_vars)
+    return adata
+
+
+def _name_genes(adata, path: Path) -> None:
+    """Put symbols in ``var['SYMBOL']`` and, when a column holds them, Ensembl ids in ``var_names``."""
+    symbol_column = next((column for column in SYMBOL_COLUMNS if column in adata.var), None)
+    id_column = next((column for column in GENE_ID_COLUMNS if column in adata.var), None)
+    if symbol_column is None and id_column is None:
+        logger.warning("%s: no gene symbol or gene id column in var; var_names serve as both", path)
+    # without a symbol column, var_names are the symbols (as scanpy's read_10x_h5 writes them)
+    symbols = adata.var[symbol_column] if symbol_column is not None else adata.var_names
+    adata.var["SYMBOL"] = np.asarray(symbols).astype(str)
+    if id_column is not None:
+        adata.var_names = adata.var.pop(id_column).astype(str).to_numpy()
+    if not adata.var_names.is_unique:
+        logger.warning("%s: some var_names repeat; suffixes -1, -2... make them unique", path)
+        adata.var_names_make_unique()
+
+
+def _rekey_spatial(adata, sample: str, path: Path) -> None:
+    """File the one library of ``uns['spatial']`` under the sample name, so plots find its image."""
+    libraries = adata.uns.get("spatial")
+    if not libraries:
+        logger.info("%s: no uns['spatial'] (tissue image, scale factors); spots will be drawn without an image", path)
+        return
+    if sample in libraries:
+        adata.uns["spatial"] = {sample: libraries[sample]}
+    elif len(libraries) == 1:
+        adata.uns["spatial"] = {sample: next(iter(libraries.values()))}
+    else:
+        logger.warning(
+            "%s: uns['spatial'] holds %d libraries (%s), none named %r; the tissue image is not used",
+            path, len(libraries), ", ".join(libraries), sample,
+        )
+        del adata.uns["spatial"]

@@ -1,0 +1,210 @@
+"""Read one 10x Visium sample from a Space Ranger ``outs/`` folder (Space Ranger 1.x to 3.x) into AnnData.
+
+The layout follows the scanpy/squidpy convention that cell2location users expect:
+
+- ``X``: raw UMI counts, float32 CSR; ``var_names``: Ensembl ids, ``var['SYMBOL']``: gene symbols;
+- ``obs``: ``in_tissue``, ``array_row``, ``array_col``, ``sample``; only in-tissue spots are kept;
+- ``obsm['spatial']``: full-resolution pixel coordinates ``[x, y]`` = ``[pxl_col_in_fullres, pxl_row_in_fullres]``;
+- ``uns['spatial'][sample]``: ``images`` (``hires``/``lowres`` uint8 RGB or RGBA, those present), ``scalefactors`` (from
+  ``scalefactors_json.json``) and ``metadata`` (``software_version``, ``chemistry_description`` when the h5 has them).
+
+``scanpy.read_visium`` is not used: it is deprecated and needs a ``library_ids`` attribute that some matrices lack;
+the library id here is the sample name given by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tissuemap.counts import check_raw_counts
+from tissuemap.errors import InputError
+from tissuemap.log import logger
+
+MATRIX_FILES = ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
+# Newest layout first: Space Ranger 2+ writes tissue_positions.csv (with header), later versions also .parquet;
+# Space Ranger 1.x wrote tissue_positions_list.csv (no header).
+POSITIONS_FILES = ("tissue_positions.csv", "tissue_positions.parquet", "tissue_positions_list.csv")
+POSITIONS_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
+IMAGE_FILES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
+METADATA_ATTRIBUTES = ("software_version", "chemistry_description")
+
+
+def find_matrix(outs_dir: Path) -> Path:
+    """The filtered matrix h5 of ``outs_dir``, else the raw one; :class:`InputError` when neither is there."""
+    for name in MATRIX_FILES:
+        if (outs_dir / name).is_file():
+            return outs_dir / name
+    raise InputError(
+        f"{outs_dir}: no {' or '.join(MATRIX_FILES)} in this folder; give the Space Ranger outs/ folder of the sample"
+    )
+
+
+def find_positions(outs_dir: Path) -> Path:
+    """The spot positions file in ``outs_dir/spatial``; :class:`InputError` when there is none."""
+    for name in POSITIONS_FILES:
+        if (outs_dir / "spatial" / name).is_file():
+            return outs_dir / "spatial" / name
+    raise InputError(
+        f"{outs_dir / 'spatial'}: no spot positions file ({', '.join(POSITIONS_FILES)}); "
+        "copy the whole spatial/ folder of the Space Ranger run next to the matrix"
+    )
+
+
+def read_positions(path: Path) -> pd.DataFrame:
+    """Read a Space Ranger positions file (csv with or without header, or parquet), indexed by barcode."""
+    try:
+        if path.suffix == ".parquet":
+            positions = pd.read_parquet(path)
+        else:
+            with path.open() as handle:
+                has_header = handle.readline().split(",")[0].strip() == "barcode"
+            positions = pd.read_csv(path, header=0 if has_header else None)
+            if not has_header:
+                if positions.shape[1] != len(POSITIONS_COLUMNS):
+                    raise InputError(
+                        f"{path}: {positions.shape[1]} columns, expected {len(POSITIONS_COLUMNS)} "
+                        f"({', '.join(POSITIONS_COLUMNS)}); give the positions file written by Space Ranger"
+                    )
+                positions.columns = list(POSITIONS_COLUMNS)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(
+            f"{path}: cannot read the spot positions ({err}); give the file written by Space Ranger"
+        ) from None
+    missing = [column for column in POSITIONS_COLUMNS if column not in positions.columns]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)}; give the positions file written by Space Ranger"
+        )
+    positions = positions[list(POSITIONS_COLUMNS)]
+    for column in POSITIONS_COLUMNS[1:]:
+        if not pd.api.types.is_numeric_dtype(positions[column]) or positions[column].isna().any():
+            raise InputError(f"{path}: column {column!r} must hold numbers only; give the file written by Space Ranger")
+    duplicated = positions["barcode"].duplicated()
+    if duplicated.any():
+        raise InputError(f"{path}: barcode {positions['barcode'][duplicated].iloc[0]!r} appears more than once")
+    return positions.set_index("barcode")
+
+
+def read_scalefactors(outs_dir: Path) -> dict:
+    """``spatial/scalefactors_json.json`` as a dict, or an empty dict when the file is absent."""
+    path = outs_dir / "spatial" / "scalefactors_json.json"
+    if not path.is_file():
+        logger.warning("%s: not found; spots cannot be drawn over the tissue images", path)
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"{path}: not valid JSON ({err}); copy it again from the Space Ranger spatial/ folder"
+        ) from None
+
+
+def read_images(outs_dir: Path) -> dict[str, np.ndarray]:
+    """The tissue images present in ``outs_dir/spatial`` as uint8 RGB(A) arrays, keyed ``hires``/``lowres``."""
+    from PIL import Image
+
+    images = {}
+    for key, name in IMAGE_FILES.items():
+        path = outs_dir / "spatial" / name
+        if path.is_file():
+            try:
+                with Image.open(path) as image:
+                    # keep transparency when the file has it: a fully transparent image must not turn black
+                    images[key] = np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+            except OSError as err:
+                raise InputError(f"{path}: not a readable PNG image ({err}); copy it again or remove it") from None
+    return images
+
+
+def read_matrix_metadata(matrix_path: Path) -> dict[str, str]:
+    """``software_version`` and ``chemistry_description`` attributes of a 10x h5 file, those present."""
+    import h5py
+
+    with h5py.File(matrix_path, "r") as handle:
+        attributes = {name: handle.attrs[name] for name in METADATA_ATTRIBUTES if name in handle.attrs}
+    return {name: value.decode() if isinstance(value, bytes) else str(value) for name, value in attributes.items()}
+
+
+def read_matrix(matrix_path: Path):
+    """Read a 10x feature-barcode h5 (gene expression features only), var_names = Ensembl ids, var['SYMBOL']."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    try:
+        with warnings.catch_warnings():
+            # symbols repeat (e.g. TBCE); var_names become the unique Ensembl ids below
+            warnings.filterwarnings("ignore", message="Variable names are not unique")
+            adata = sc.read_10x_h5(matrix_path)
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(
+            f"{matrix_path}: not a 10x feature-barcode matrix h5 ({err}); give the file written by Space Ranger"
+        ) from None
+    adata.var["SYMBOL"] = adata.var_names.astype(str)
+    adata.var_names = adata.var.pop("gene_ids").astype(str).to_numpy()
+    if not adata.var_names.is_unique:
+        logger.warning("%s: some feature ids repeat; suffixes -1, -2... make them unique", matrix_path)
+        adata.var_names_make_unique()
+    adata.var_names.name = None
+    adata.obs_names.name = None
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    check_raw_counts(adata.X, str(matrix_path), adata.obs_names, adata.var_names)
+    return adata
+
+
+def read_spaceranger(outs_dir: str | Path, sample: str):
+    """Read the in-tissue spots of a Space Ranger ``outs/`` folder.
+
+    Parameters
+    ----------
+    outs_dir
+        Folder holding ``filtered_feature_bc_matrix.h5`` (or ``raw_feature_bc_matrix.h5``, then restricted to the
+        in-tissue spots) and ``spatial/`` with a positions file; the scale factors and images are optional.
+    sample
+        Sample name (from the samplesheet): becomes ``obs['sample']`` and the library id in ``uns['spatial']``.
+
+    Returns
+    -------
+    AnnData in the layout described in this module's docstring.
+    """
+    outs_dir = Path(outs_dir)
+    matrix_path = find_matrix(outs_dir)
+    positions_path = find_positions(outs_dir)
+    adata = read_matrix(matrix_path)
+    positions = read_positions(positions_path)
+    unplaced = ~adata.obs_names.isin(positions.index)
+    if unplaced.any():
+        raise InputError(
+            f"{positions_path}: {int(unplaced.sum())} of {adata.n_obs} barcodes of {matrix_path.name} are missing "
+            f"(first: {adata.obs_names[unplaced][0]}); use the spatial/ folder of the same Space Ranger run"
+        )
+    positions = positions.loc[adata.obs_names]
+    in_tissue = positions["in_tissue"].to_numpy() == 1
+    logger.info(
+        "%s: %d of %d spots are in the tissue (positions from %s)",
+        matrix_path, int(in_tissue.sum()), adata.n_obs, positions_path.name,
+    )
+    if not in_tissue.any():
+        raise InputError(
+            f"{positions_path}: no spot of {matrix_path.name} is marked in_tissue=1; check the run's outputs"
+        )
+    adata = adata[in_tissue].copy()
+    positions = positions[in_tissue]
+    for column in ("in_tissue", "array_row", "array_col"):
+        adata.obs[column] = positions[column].to_numpy().astype(np.int64)
+    adata.obs["sample"] = sample
+    adata.obsm["spatial"] = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    images = read_images(outs_dir)
+    metadata = read_matrix_metadata(matrix_path)
+    adata.uns["spatial"] = {
+        sample: {"images": images, "scalefactors": read_scalefactors(outs_dir), "metadata": metadata}
+    }
+    logger.info(
+        "%s: %d spots x %d genes, images: %s, Space Ranger version: %s",
+        sample, adata.n_obs, adata.n_vars, ", ".join(images) or "none", metadata.get("software_version", "unknown"),
+    )
+    return adata

@@ -1,0 +1,122 @@
+"""QC figures of one sample: metric histograms, and UMIs per spot drawn over the tissue image.
+
+Both read what :func:`tissuemap.qc.run_qc` wrote: kept spots in ``obs``, removed ones in ``uns['qc_removed_spots']``.
+The spatial figure is drawn here because ``scanpy.pl.spatial`` is deprecated in favour of squidpy, which tissuemap
+does not depend on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+HISTOGRAM_BINS = 50
+REMOVED_COLOUR = "tab:red"
+VISIUM_SPOT_DIAMETER_OVER_DISTANCE = 0.55
+
+
+def plot_qc_histograms(adata, path: str | Path) -> None:
+    """Save histograms of UMIs per spot, genes per spot and MT fraction (kept and removed spots stacked)."""
+    removed = adata.uns.get("qc_removed_spots", pd.DataFrame(columns=["total_counts", "n_genes_by_counts", "mt_frac"]))
+    min_counts = adata.uns.get("tissuemap", {}).get("qc", {}).get("min_counts")
+    panels = (
+        ("total_counts", "UMIs per spot"),
+        ("n_genes_by_counts", "genes per spot"),
+        ("mt_frac", "mitochondrial fraction of UMIs"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    try:
+        has_mt_genes = "MT" in adata.obsm and adata.obsm["MT"].shape[1] > 0
+        for ax, (column, label) in zip(axes, panels):
+            if column == "mt_frac" and not has_mt_genes:
+                ax.text(0.5, 0.5, "no mitochondrial gene\nin the matrix", ha="center", va="center")
+                ax.set_axis_off()
+                continue
+            kept_values = adata.obs[column].to_numpy(dtype=float)
+            removed_values = removed[column].to_numpy(dtype=float)
+            bins = np.histogram_bin_edges(np.concatenate([kept_values, removed_values]), bins=HISTOGRAM_BINS)
+            ax.hist(
+                [kept_values, removed_values], bins=bins, stacked=True, color=["tab:blue", REMOVED_COLOUR],
+                label=[f"kept ({kept_values.size})", f"removed ({removed_values.size})"],
+            )
+            ax.set_xlabel(label)
+            ax.set_ylabel("spots")
+        if min_counts is not None:
+            axes[0].axvline(min_counts, color="black", linestyle="--", linewidth=1, label=f"--min-counts {min_counts}")
+        axes[0].legend(frameon=False)
+        sample = adata.uns.get("tissuemap", {}).get("sample", "")
+        fig.suptitle(f"{sample}: spot QC (MT genes excluded from UMIs and genes)")
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _image_and_scale(adata, sample: str) -> tuple[np.ndarray | None, float, str]:
+    """The hires image (else lowres) of ``sample`` with its scale factor; no image and scale 1 when none fits."""
+    library = adata.uns.get("spatial", {}).get(sample, {})
+    images = library.get("images", {})
+    scalefactors = library.get("scalefactors", {})
+    for key in ("hires", "lowres"):
+        if key in images and f"tissue_{key}_scalef" in scalefactors:
+            return np.asarray(images[key]), float(scalefactors[f"tissue_{key}_scalef"]), key
+    return None, 1.0, "full resolution"
+
+
+def _spot_radius(xy: np.ndarray, scalefactors: dict, scale: float) -> float:
+    """Spot radius in plot units: Space Ranger's spot diameter, else from the typical distance between spots."""
+    if "spot_diameter_fullres" in scalefactors:
+        return 0.5 * float(scalefactors["spot_diameter_fullres"]) * scale
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 1.0
+    distances, _ = cKDTree(xy).query(xy, k=2)
+    # Visium spots are 55 um wide with centres 100 um apart
+    return VISIUM_SPOT_DIAMETER_OVER_DISTANCE / 2 * float(np.median(distances[:, 1])) or 1.0
+
+
+def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
+    """Save the UMIs per kept spot over the tissue image (hires, else lowres); removed spots outlined in red.
+
+    Without an image (or its scale factor), spots are drawn at their full-resolution coordinates on a blank canvas.
+    """
+    image, scale, scale_name = _image_and_scale(adata, sample)
+    scalefactors = adata.uns.get("spatial", {}).get(sample, {}).get("scalefactors", {})
+    xy = np.asarray(adata.obsm["spatial"], dtype=float) * scale
+    removed = adata.uns.get("qc_removed_spots", pd.DataFrame(columns=["x", "y"]))
+    removed_xy = removed[["x", "y"]].to_numpy(dtype=float) * scale
+    radius = _spot_radius(xy, scalefactors, scale)
+
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    try:
+        if image is not None:
+            ax.imshow(image)
+        spots = PatchCollection([Circle(point, radius) for point in xy], cmap="viridis", linewidth=0)
+        spots.set_array(adata.obs["total_counts"].to_numpy(dtype=float))
+        ax.add_collection(spots)
+        fig.colorbar(spots, ax=ax, shrink=0.8, label="UMIs per spot (MT genes excluded)")
+        if len(removed_xy):
+            outline = {"facecolor": "none", "edgecolor": REMOVED_COLOUR, "linewidth": 0.8}
+            ax.add_collection(PatchCollection([Circle(point, radius) for point in removed_xy], **outline))
+            # collections have no legend entry of their own: a lone circle stands for them
+            ax.legend(handles=[Circle((0, 0), 1, **outline, label=f"removed ({len(removed_xy)})")], loc="upper right")
+        every_spot = np.vstack([xy, removed_xy])
+        margin = 3 * radius
+        ax.set_xlim(every_spot[:, 0].min() - margin, every_spot[:, 0].max() + margin)
+        # image rows grow downwards: put the largest y at the bottom, as on the slide image
+        ax.set_ylim(every_spot[:, 1].max() + margin, every_spot[:, 1].min() - margin)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{sample}: UMIs per spot, {adata.n_obs} spots kept ({scale_name} scale)")
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
