@@ -1,0 +1,39 @@
+process TISSUEMAP_SIGNATURES {
+    tag "${meta.id}"
+    label 'process_high'
+    label 'process_gpu'
+
+    input:
+    // meta: id, labels_key, batch_key and covariate_keys (obs columns of the reference; the last two optional)
+    tuple val(meta), path(reference, stageAs: 'input/*')
+
+    output:
+    tuple val(meta), path("signatures.csv"), emit: signatures
+    tuple val(meta), path("reference.signatures.h5ad"), emit: h5ad
+    tuple val(meta), path("reference.signatures_history.json"), emit: history
+    tuple val(meta), path("reference.signatures_*.png"), emit: png
+    tuple val("${task.process}"), val('tissuemap'), eval("tissuemap --version | sed 's/.* //'"), emit: versions
+    // torch's build tells whether the fit could use a GPU (e.g. 2.5.1+cu124)
+    tuple val("${task.process}"), val('torch'), eval("python3 -c 'import torch; print(torch.__version__)'"), emit: versions_torch
+
+    script:
+    def args = task.ext.args ?: ''
+    def key_options = [
+        meta.batch_key ? "--batch-key '${meta.batch_key}'" : '',
+        meta.covariate_keys ? "--covariate-keys '${meta.covariate_keys}'" : '',
+    ].join(' ').trim()
+    """
+    tissuemap-signatures \\
+        --reference ${reference} \\
+        --labels-key '${meta.labels_key}' \\
+        ${key_options} \\
+        ${args} \\
+        --outdir .
+    """
+
+    stub:
+    """
+    touch signatures.csv reference.signatures.h5ad reference.signatures_history.json
+    touch reference.signatures_elbo.png reference.signatures_obs_vs_expected.png reference.signatures_vs_average.png
+    """
+}

@@ -1,0 +1,129 @@
+/*
+    Start and end of a tissuemap run: parameter checks, the samplesheet as a channel, the reference or the given
+    signatures; at the end, the software versions into pipeline_info/ and a closing message.
+*/
+
+include { paramsSummaryLog; samplesheetToList; validateParameters } from 'plugin/nf-schema'
+
+workflow PIPELINE_INITIALISATION {
+
+    take:
+    validate_params // boolean: check the parameters against nextflow_schema.json
+    input           // string: samplesheet CSV
+    reference       // string: annotated single-cell reference .h5ad, or null
+    labels_key      // string: obs column of the reference holding the cell types
+    batch_key       // string: obs column of the reference holding the batches, or null
+    covariate_keys  // string: comma-separated obs columns with technical effects, or null
+    signatures      // string: signatures.csv of an earlier run instead of the reference, or null
+    outdir          // string: results folder
+    run_suffix      // string: suffix of this run's files in pipeline_info/
+    parameters      // map: every parameter of the run, written to pipeline_info/
+
+    main:
+    if (validate_params) {
+        validateParameters()
+    }
+    log.info(paramsSummaryLog(workflow))
+    checkReferenceOptions(reference, labels_key, signatures)
+    writeParameters(parameters, outdir, run_suffix)
+
+    // Paths in the samplesheet are relative to its folder, as for `tissuemap run`: nf-schema, which reads them
+    // from where Nextflow was started, gets a copy with those paths made absolute.
+    def samplesheet = samplesheetWithAbsolutePaths(
+        file(input, checkIfExists: true), workflow.workDir.resolve("tissuemap-samplesheet/${workflow.sessionId}")
+    )
+    ch_samples = channel
+        .fromList(samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json"))
+        .map { meta, spaceranger_dir, h5ad -> [meta, spaceranger_dir ?: h5ad] }
+
+    ch_reference = signatures
+        ? channel.empty()
+        : channel.of([
+            [id: 'reference', labels_key: labels_key, batch_key: batch_key, covariate_keys: covariate_keys],
+            file(reference, checkIfExists: true),
+        ])
+    ch_signatures = signatures ? channel.of(file(signatures, checkIfExists: true)) : channel.empty()
+
+    emit:
+    samples    = ch_samples    // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]
+    reference  = ch_reference  // channel: [ val(meta), path(reference .h5ad) ], or empty
+    signatures = ch_signatures // channel: path(signatures.csv), or empty
+}
+
+workflow PIPELINE_COMPLETION {
+
+    take:
+    outdir       // string: results folder
+    versions_yml // channel: path(tissuemap_software_mqc_versions.yml)
+
+    main:
+    versions_yml.collectFile(name: 'tissuemap_software_mqc_versions.yml', storeDir: "${outdir}/pipeline_info")
+
+    workflow.onComplete {
+        if (workflow.success) {
+            log.info("tissuemap: done; results in ${outdir}")
+        }
+        else {
+            log.error("tissuemap: failed; the error is above, the details in .nextflow.log and the task's folder")
+        }
+    }
+}
+
+/*
+    FUNCTIONS
+*/
+
+// Signatures come from a reference (with the column of its cell types) or from an earlier run, never both.
+def checkReferenceOptions(reference, labels_key, signatures) {
+    if (!reference && !signatures) {
+        error("Give --reference (with --labels_key) to learn the cell-type signatures, or --signatures to reuse them")
+    }
+    if (reference && signatures) {
+        error("Give either --reference or --signatures, not both: --signatures skips learning them from the reference")
+    }
+    if (reference && !labels_key) {
+        error("--reference needs --labels_key: the obs column of the reference holding each cell's type")
+    }
+}
+
+// The run's parameters as JSON in pipeline_info/, beside Nextflow's trace, timeline and report.
+def writeParameters(parameters, outdir, run_suffix) {
+    def folder = file("${outdir}/pipeline_info")
+    folder.mkdirs()
+    def json = groovy.json.JsonOutput.toJson(parameters)
+    folder.resolve("params_${run_suffix}.json").text = groovy.json.JsonOutput.prettyPrint(json)
+}
+
+// The samplesheet itself when its paths (columns spaceranger_dir and h5ad) are absolute, else a copy in `folder`
+// whose relative paths are resolved from the samplesheet's own folder.
+def samplesheetWithAbsolutePaths(samplesheet, folder) {
+    def rows = samplesheet.splitCsv(quote: '"')
+    if (rows.isEmpty()) {
+        return samplesheet
+    }
+    def header = rows[0].collect { cell -> cell.replace('\uFEFF', '').trim() }
+    def path_indices = (0..<header.size()).findAll { index -> header[index] in ['spaceranger_dir', 'h5ad'] }
+    def changed = false
+    rows.drop(1).each { cells ->
+        path_indices.each { index ->
+            def value = index < cells.size() ? cells[index].trim() : ''
+            if (value && !value.startsWith('/') && !value.contains('://')) {
+                cells[index] = samplesheet.parent.resolve(value).normalize().toUriString()
+                changed = true
+            }
+        }
+    }
+    if (!changed) {
+        return samplesheet
+    }
+    def copy = folder.resolve(samplesheet.name)
+    folder.mkdirs()
+    rows[0] = header
+    copy.text = rows.collect { cells -> cells.collect { cell -> csvCell(cell) }.join(',') }.join('\n') + '\n'
+    return copy
+}
+
+// A CSV cell, quoted when it holds a comma, a quote or a line break
+def csvCell(value) {
+    return value ==~ /(?s).*[",\r\n].*/ ? '"' + value.replace('"', '""') + '"' : value
+}
