@@ -1,0 +1,83 @@
+"""``tissuemap signatures``: reference cell-type signatures by cell2location's negative binomial regression."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+OUTPUT_PREFIX = "reference"
+
+
+def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in value.split(",") if key.strip())
+    if len(set(keys)) != len(keys):
+        raise click.BadParameter(f"{value!r} names a column twice")
+    return keys
+
+
+@click.command("signatures")
+@click.option("--reference", "reference_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Annotated single-cell reference (.h5ad, cells x genes, raw integer counts), e.g. the filtered one.")
+@click.option("--labels-key", required=True, help="obs column of the reference holding each cell's type.")
+@click.option("--batch-key", default=None,
+              help="obs column holding each cell's batch (10x reaction or sample)  [default: one batch]")
+@click.option("--covariate-keys", default="", show_default="none", callback=_split_keys,
+              help="Comma-separated obs columns with technical effects (technology, donor...); their effects add up, "
+                   "as in the cell2location package.")
+@click.option("--method", type=click.Choice(["nb", "mean"]), default="nb", show_default=True,
+              help="nb: negative binomial regression; mean: per-type average counts (batch-free or non-UMI data).")
+@click.option("--max-epochs", default=250, show_default=True, type=int, help="Passes over the cells.")
+@click.option("--batch-size", default=2500, show_default=True, type=int, help="Cells per minibatch.")
+@click.option("--lr", default=0.002, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train: auto takes a CUDA GPU when there is one.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Random seed: the same seed, reference and device give the same signatures.")
+@click.option("--min-cells-per-type", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Cell types with fewer cells are an error (merge or remove them, or lower this).")
+@click.option("--layer", default=None, help="Layer of the reference holding the raw counts  [default: X]")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+def signatures(
+    reference_path: Path,
+    labels_key: str,
+    batch_key: str | None,
+    covariate_keys: tuple[str, ...],
+    method: str,
+    max_epochs: int,
+    batch_size: int,
+    lr: float,
+    device: str,
+    seed: int,
+    min_cells_per_type: int,
+    layer: str | None,
+    outdir: Path,
+) -> None:
+    """Estimate every cell type's expression signature from a single-cell reference.
+
+    The nb method fits cell2location's regression (signatures, batch detection, ambient RNA per batch, covariate
+    effects) and reports the posterior of the signatures; mean averages counts per type. Writes into OUTDIR:
+    signatures.csv (genes x cell types), reference.signatures.h5ad (varm means/stds/q05/q95_per_cluster_mu_fg,
+    uns['mod']), reference.signatures_history.json (ELBO per epoch, times, device, settings) and the QC plots
+    reference.signatures_obs_vs_expected.png, plus for nb reference.signatures_elbo.png and
+    reference.signatures_vs_average.png.
+    """
+    from tissuemap.log import logger
+    from tissuemap.outputs import staged_outputs
+    from tissuemap.reference import read_reference
+    from tissuemap.signatures import estimate_signatures, write_signature_outputs
+
+    reference = read_reference(reference_path, labels_key, batch_key=batch_key, covariate_keys=covariate_keys,
+                               layer=layer, min_cells_per_type=min_cells_per_type)
+    record = estimate_signatures(
+        reference, labels_key, batch_key=batch_key, covariate_keys=covariate_keys, method=method,
+        max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
+    )
+    reading = {"reference": str(reference_path), "layer": layer, "min_cells_per_type": min_cells_per_type}
+    record["settings"].update(reading)
+    reference.uns["mod"]["settings"].update({key: value for key, value in reading.items() if value is not None})
+    with staged_outputs(outdir) as staging:
+        write_signature_outputs(reference, record, staging, OUTPUT_PREFIX)
+    logger.info("Wrote signatures of %d cell types x %d genes to %s", record["n_types"], record["n_genes"],
+                outdir / "signatures.csv")
