@@ -1,7 +1,8 @@
 """The single-cell reference: 10x reactions (batches) of two chemistries, drawn from the true profiles.
 
 Each reaction e has a detection efficiency y_e, an ambient RNA profile s_eg (a fraction of the reaction's average
-cell), and a chemistry whose per-gene effect t_g multiplies every count (3' is the reference chemistry, t = 1).
+cell), and a chemistry whose per-gene effect t_g multiplies every count (5' over 3' is a log-normal ratio per gene,
+split evenly: t_g = ratio^(-1/2) for 3' and ratio^(1/2) for 5').
 Cell c of type f in reaction e with size factor z_c has
 
     X_cg ~ NB((mu_fg z_c + s_eg) y_e t_g, alpha_g)
@@ -80,7 +81,8 @@ def simulate_reference(profiles: pd.DataFrame, genes: pd.DataFrame, cell_types: 
     batches
         The reaction table of :func:`batch_table` plus ``n_cells``.
     gene_effects
-        Per gene (index: ids): ``technology_effect_5prime`` and the reference ``overdispersion`` alpha_g.
+        Per gene (index: ids): ``technology_effect_5prime`` (the 5'/3' ratio) and the reference ``overdispersion``
+        alpha_g.
     """
     import anndata as ad
 
@@ -96,7 +98,10 @@ def simulate_reference(profiles: pd.DataFrame, genes: pd.DataFrame, cell_types: 
     batches["n_cells"] = cells_per_type_and_batch.sum(axis=0)
     technology = (batches["technology"].to_numpy() == TECHNOLOGIES[1]).astype(int)
     five_prime_effect = lognormal_mean_one(rng, params.technology_effect_log_sd, len(genes))
-    technology_effect = np.vstack([np.ones(len(genes)), five_prime_effect])  # technologies x genes
+    # each chemistry takes half of the gene's effect (their geometric mean is 1): the true profiles lie between the
+    # chemistries, where the regression's technical-effect prior (both levels centred at 1) places them
+    half_effect = np.sqrt(five_prime_effect)
+    technology_effect = np.vstack([1 / half_effect, half_effect])  # technologies x genes
     alpha = overdispersion(rng, params.overdispersion_rate, len(genes))
     size_factor = lognormal_mean_one(rng, params.cell_size_log_sd, len(batch))
 
