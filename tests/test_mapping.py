@@ -1,0 +1,333 @@
+"""`tissuemap map`: the cell2location model, its fast objective, training, and what the command writes.
+
+Accuracy is judged on simulated samples whose true cells per spot are known, mapped with the true profiles as
+signatures. Training uses a larger learning rate than the default (0.02, 1,000 steps) so that the test stays short;
+the model and the objective are the same.
+"""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import scipy.sparse as sp
+import torch
+from click.testing import CliRunner
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormal, init_to_mean
+
+from tissuemap.cli import main
+from tissuemap.errors import InputError
+from tissuemap.mapping import (
+    _ClippedAdam,
+    detection_mean,
+    fit_mapping,
+    map_samples,
+    read_signatures,
+    read_spatial_sample,
+    setup_mapping,
+)
+from tissuemap.models.cell2location import (
+    SITE_NAMES,
+    MappingData,
+    MappingObjective,
+    MappingPriors,
+    SiteLayout,
+    guide_scale,
+    initial_guide_parameters,
+    model,
+)
+
+SIMULATION = {"seed": 3, "n_samples": 2, "n_spots": 300, "n_genes": 1000, "n_cell_types": 8, "n_cells": 800}
+SAMPLES = ("sample1", "sample2")
+STEPS, LR = 1000, 0.02
+SHARED_GENES = "500"  # the simulated samples have 987 genes (1,000 minus the mitochondrial ones)
+THINNING = 0.5
+FIGURES = ("mapping_elbo", "mapping_observed_vs_expected", "mapping_cells_vs_counts", "cell_abundance_spatial")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run on one CPU thread: these small problems gain nothing from more, and when other jobs share the runner's
+    cores, OpenMP threads waiting for each other at every operation make a step up to 50 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """Two simulated samples through `tissuemap qc`, mapped jointly by `tissuemap map` with the true profiles."""
+    root = tmp_path_factory.mktemp("mapping")
+    runner = CliRunner()
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in SIMULATION.items()]
+    result = runner.invoke(main, ["simulate", "--outdir", str(root / "data"), *options])
+    assert result.exit_code == 0, result.output
+    for sample in SAMPLES:
+        outs = root / "data" / "samples" / sample / "outs"
+        result = runner.invoke(main, ["qc", "--sample", sample, "--input", str(outs), "--outdir", str(root / "qc")])
+        assert result.exit_code == 0, result.output
+    # keep each molecule of the second sample with probability 1/2: its slide's detection is then known to be half
+    # what the simulation drew, whatever that was
+    thinned = ad.read_h5ad(root / "qc" / "sample2.qc.h5ad")
+    thinned.X.data = np.random.default_rng(0).binomial(thinned.X.data.astype(np.int64), THINNING).astype(np.float32)
+    thinned.X.eliminate_zeros()
+    thinned.write_h5ad(root / "qc" / "sample2.qc.h5ad")
+    result = runner.invoke(main, [
+        "map", "--spatial", *(str(root / "qc" / f"{sample}.qc.h5ad") for sample in SAMPLES),
+        "--signatures", str(root / "data" / "truth" / "profiles.csv"), "--n-cells-per-location", "8",
+        "--max-epochs", str(STEPS), "--lr", str(LR), "--device", "cpu", "--min-shared-genes", SHARED_GENES,
+        "--expected-expression", "--outdir", str(root / "map"),
+    ])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def average_precision(score: np.ndarray, present: np.ndarray) -> float:
+    """Area under the precision-recall curve of ranking spots by ``score`` to find those where ``present``."""
+    hits = present[np.argsort(-score, kind="stable")].astype(float)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_joint_mapping_recovers_the_true_cells(simulated, sample):
+    q05 = pd.read_csv(simulated / "map" / f"{sample}.cell_abundance_q05.csv", index_col=0)
+    truth = pd.read_csv(simulated / "data" / "truth" / f"{sample}.cell_abundance.csv", index_col=0)
+    truth = truth.loc[q05.index, q05.columns]
+    assert np.corrcoef(q05.to_numpy().ravel(), truth.to_numpy().ravel())[0, 1] >= 0.8
+    present = truth > 0
+    precision = pd.Series({t: average_precision(q05[t].to_numpy(), present[t].to_numpy()) for t in q05.columns})
+    assert precision.mean() >= 0.8, precision
+    # every type present in 5% of spots or more is found; the rare type (a few spots of 1-4 cells among ~8) counts
+    # in the mean only
+    assert (precision[present.mean() >= 0.05] >= 0.8).all(), precision
+
+
+def test_joint_fit_gives_each_sample_its_own_detection(simulated):
+    fitted = {sample: ad.read_h5ad(simulated / "map" / f"{sample}.abundance.h5ad") for sample in SAMPLES}
+    for sample, adata in fitted.items():
+        mod = adata.uns["mod"]
+        assert list(mod["samples_fitted_together"]) == list(SAMPLES)
+        assert mod["batch"] == sample
+        assert mod["post_sample_means"]["y_e"].shape == (1, 1)
+        assert mod["post_sample_means"]["y_s"].shape == (adata.n_obs, 1)
+        truth = pd.read_csv(simulated / "data" / "truth" / f"{sample}.spots.csv", index_col=0).loc[adata.obs_names]
+        # each spot's sensitivity follows the simulated one, loosely: it trades off against the spot's total cells
+        assert np.corrcoef(adata.obs["detection_sensitivity"], truth["detection_sensitivity"])[0, 1] > 0.2
+    # the second slide's detection is THINNING times the simulated one: the fit sees the difference
+    true_means = pd.read_csv(simulated / "data" / "truth" / "samples.csv", index_col=0)["detection_mean"]
+    true_ratio = true_means["sample1"] / (THINNING * true_means["sample2"])
+    fitted_means = pd.Series({sample: float(adata.uns["mod"]["post_sample_means"]["y_e"][0, 0])
+                              for sample, adata in fitted.items()})
+    fitted_ratio = fitted_means["sample1"] / fitted_means["sample2"]
+    assert abs(np.log(fitted_ratio / true_ratio)) < np.log(1.25), (fitted_means, true_means)
+    # platform effect and cell types are shared: the same m_g in both exports
+    np.testing.assert_array_equal(*(adata.uns["mod"]["post_sample_means"]["m_g"] for adata in fitted.values()))
+
+
+def test_command_writes_every_output(simulated):
+    outdir = simulated / "map"
+    cell_types = list(pd.read_csv(simulated / "data" / "truth" / "profiles.csv", index_col=0).columns)
+    for sample in SAMPLES:
+        adata = ad.read_h5ad(outdir / f"{sample}.abundance.h5ad")
+        assert list(adata.uns["mod"]["factor_names"]) == cell_types
+        for k in ("means", "stds", "q05", "q95"):
+            table = adata.obsm[f"{k}_cell_abundance_w_sf"]
+            assert list(table.columns) == [f"{k}cell_abundance_w_sf_{t}" for t in cell_types]
+            assert list(table.index) == list(adata.obs_names)
+            assert np.isfinite(table.to_numpy()).all() and (table.to_numpy() > 0).all()
+        q05, q95 = adata.obsm["q05_cell_abundance_w_sf"].to_numpy(), adata.obsm["q95_cell_abundance_w_sf"].to_numpy()
+        assert (q05 < adata.obsm["means_cell_abundance_w_sf"].to_numpy()).all() and (q05 < q95).all()
+        for site in SITE_NAMES:
+            assert site in adata.uns["mod"]["post_sample_q05"]
+        assert {"detection_sensitivity", "total_cell_abundance"} <= set(adata.obs.columns)
+        assert adata.n_vars == int(SIMULATION["n_genes"]) - 13 and sp.issparse(adata.X)
+
+        for summary, k in (("q05", "q05"), ("mean", "means")):
+            table = pd.read_csv(outdir / f"{sample}.cell_abundance_{summary}.csv", index_col=0)
+            assert list(table.columns) == cell_types and list(table.index) == list(adata.obs_names)
+            np.testing.assert_allclose(table.to_numpy(), adata.obsm[f"{k}_cell_abundance_w_sf"].to_numpy(), rtol=1e-6)
+
+        history = json.loads((outdir / f"{sample}.mapping_history.json").read_text())
+        assert history["steps"] == STEPS and len(history["loss"]) == STEPS
+        assert history["samples_fitted_together"] == list(SAMPLES) and history["device"].startswith("cpu")
+        assert {"read", "data_setup", "model_setup", "training", "export", "write"} <= set(history["seconds"])
+        assert np.mean(history["loss"][-100:]) < np.mean(history["loss"][:100])
+        for figure in FIGURES:
+            assert (outdir / f"{sample}.{figure}.png").stat().st_size > 0
+    assert not list(outdir.glob(".tissuemap-staging-*"))
+
+
+def test_expected_expression_splits_each_count_among_types(simulated):
+    adata = ad.read_h5ad(simulated / "map" / "sample1.abundance.h5ad")
+    signatures = pd.read_csv(simulated / "data" / "truth" / "profiles.csv", index_col=0)
+    means = adata.uns["mod"]["post_sample_means"]
+    cell_part = means["w_sf"] @ (signatures.loc[adata.var_names].to_numpy().T * means["m_g"])
+    background_share = means["s_eg"] / (cell_part + means["s_eg"])
+    counts = adata.X.toarray()
+    layers = [adata.layers[t] for t in adata.uns["mod"]["factor_names"]]
+    assert all(sp.issparse(layer) and layer.nnz <= adata.X.nnz for layer in layers)
+    # what the cell types get plus what the background gets is the observed count
+    np.testing.assert_allclose(sum(layer.toarray() for layer in layers) + counts * background_share, counts,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def tiny_data():
+    """Two batches of a few spots, float64, with counts above the histogram cutoff."""
+    generator = torch.Generator().manual_seed(0)
+    n_spots, n_genes, n_types = 24, 30, 4
+    rates = torch.distributions.Gamma(0.3, 0.1).sample((n_spots, n_genes))
+    counts = torch.poisson(rates, generator=generator).double()
+    counts[0, 0], counts[13, 5] = 400, 150
+    return MappingData(
+        counts=counts,
+        batch_index=torch.tensor([0] * 14 + [1] * 10),
+        signatures=torch.rand(n_types, n_genes, generator=generator, dtype=torch.float64) + 0.05,
+        n_cells_per_location=torch.full((n_spots, 1), 8.0, dtype=torch.float64),
+        detection_alpha=torch.full((n_spots, 1), 20.0, dtype=torch.float64),
+        detection_mean=torch.tensor(0.05, dtype=torch.float64),
+    )
+
+
+PRIORS = MappingPriors(n_groups=5)
+
+
+def autonormal_with(data, parameters):
+    """Pyro's AutoNormal on the model, its locations and scales set to ``parameters`` (2, P)."""
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_loc_fn=init_to_mean)
+    guide(data, PRIORS)
+    layout = SiteLayout.for_data(data, PRIORS)
+    locs, scales = layout.split(parameters[0]), layout.split(guide_scale(parameters[1]))
+    store = pyro.get_param_store()
+    for name in SITE_NAMES:
+        store[f"AutoNormal.locs.{name}"] = locs[name].detach().clone()
+        store[f"AutoNormal.scales.{name}"] = scales[name].detach().clone()
+    return guide
+
+
+def test_initial_guide_is_autonormal_at_prior_means(tiny_data):
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_loc_fn=init_to_mean)
+    guide(tiny_data, PRIORS)
+    layout = SiteLayout.for_data(tiny_data, PRIORS)
+    initial = initial_guide_parameters(tiny_data, PRIORS)
+    locs = layout.split(initial[0])
+    for name in SITE_NAMES:
+        torch.testing.assert_close(getattr(guide.locs, name), locs[name])
+    torch.testing.assert_close(guide_scale(initial[1]), torch.full_like(initial[1], 0.1))
+
+
+def test_fast_objective_equals_pyro_trace_elbo(tiny_data):
+    layout = SiteLayout.for_data(tiny_data, PRIORS)
+    generator = torch.Generator().manual_seed(1)
+    parameters = initial_guide_parameters(tiny_data, PRIORS)
+    parameters = parameters + 0.3 * torch.randn(parameters.shape, generator=generator, dtype=torch.float64)
+    guide = autonormal_with(tiny_data, parameters)
+    torch.manual_seed(5)
+    sample = pyro.poutine.trace(guide).get_trace(tiny_data, PRIORS)
+    torch.manual_seed(5)  # the same guide sample again, inside Trace_ELBO
+    pyro_loss = Trace_ELBO().differentiable_loss(model, guide, tiny_data, PRIORS)
+    pyro_parameters = dict(pyro.get_param_store().named_parameters())  # unconstrained, as the optimiser sees them
+    names = [f"AutoNormal.{kind}.{site}" for kind in ("locs", "scales") for site in SITE_NAMES]
+    pyro_grads = dict(zip(names, torch.autograd.grad(pyro_loss, [pyro_parameters[name] for name in names])))
+
+    objective = MappingObjective(tiny_data, PRIORS, block_rows=4)  # several blocks per batch
+    assert objective.large_values.numel() > 0  # counts above the histogram cutoff are exercised
+    theta = layout.join({name: sample.nodes[name]["value"] for name in SITE_NAMES})
+    eps = (torch.log(theta) - parameters[0]) / guide_scale(parameters[1])
+    mine = parameters.clone().requires_grad_()
+    loss = objective.negative_elbo(mine, eps)
+    (grad,) = torch.autograd.grad(loss, [mine])
+    torch.testing.assert_close(loss + objective.log_factorial_total, pyro_loss, rtol=1e-10, atol=1e-8)
+    loc_grads, scale_grads = layout.split(grad[0]), layout.split(grad[1])
+    for site in SITE_NAMES:
+        torch.testing.assert_close(loc_grads[site], pyro_grads[f"AutoNormal.locs.{site}"], rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(scale_grads[site], pyro_grads[f"AutoNormal.scales.{site}"], rtol=1e-8, atol=1e-8)
+
+
+def test_optimiser_is_pyro_clipped_adam():
+    generator = torch.Generator().manual_seed(2)
+    start = torch.randn(50, generator=generator, dtype=torch.float64)
+    grads = [300 * torch.randn(50, generator=generator, dtype=torch.float64) for _ in range(5)]  # some beyond ±200
+    theirs = start.clone().requires_grad_()
+    reference = pyro.optim.clipped_adam.ClippedAdam([theirs], lr=0.01, clip_norm=200.0)
+    ours = start.clone()
+    optimizer = _ClippedAdam(ours, lr=0.01)
+    for grad in grads:
+        theirs.grad = grad.clone()
+        reference.step()
+        optimizer.step(grad.clone())
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_detection_mean_is_the_spec_formula():
+    totals, n_cells = np.array([100.0, 300.0]), np.array([10.0, 10.0])
+    signatures = np.array([[1.0, 1.0], [3.0, 1.0]])  # sums 2 and 4: mean 3
+    assert detection_mean(totals, n_cells, np.array([0, 0]), signatures) == pytest.approx((200 / 10) / 3)
+    # several slides weigh the same whatever their spot numbers
+    assert detection_mean(np.array([100.0, 100.0, 400.0]), np.full(3, 10.0), np.array([0, 0, 1]), signatures) == (
+        pytest.approx(((10 + 40) / 2) / 3)
+    )
+
+
+def small_setup(simulated, sample="sample1"):
+    samples = [read_spatial_sample(simulated / "qc" / f"{sample}.qc.h5ad", 8.0)]
+    return setup_mapping(samples, read_signatures(simulated / "data" / "truth" / "profiles.csv"), int(SHARED_GENES))
+
+
+def test_same_seed_same_numbers(simulated):
+    setup = small_setup(simulated)
+    first, again, other = (fit_mapping(setup, 30, LR, seed=seed, progress=False) for seed in (4, 4, 5))
+    assert torch.equal(first.guide_parameters, again.guide_parameters)
+    np.testing.assert_array_equal(first.loss, again.loss)
+    assert not torch.equal(first.guide_parameters, other.guide_parameters)
+
+
+def test_divergence_is_a_clear_error(simulated):
+    with pytest.raises(InputError, match="diverged.*signatures match the tissue.*--n-cells-per-location"):
+        fit_mapping(small_setup(simulated), 200, lr=1e4, progress=False)
+
+
+def test_too_few_shared_genes_and_bad_options_are_one_line_errors(simulated, tmp_path):
+    spatial = str(simulated / "qc" / "sample1.qc.h5ad")
+    signatures = str(simulated / "data" / "truth" / "profiles.csv")
+    base = ["map", "--spatial", spatial, "--signatures", signatures, "--outdir", str(tmp_path / "out")]
+    runner = CliRunner()
+    result = runner.invoke(main, [*base, "--n-cells-per-location", "8", "--min-shared-genes", "5000"])
+    assert result.exit_code == 1 and "share only 987 genes" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    for option, value in (("--n-cells-per-location", "0"), ("--detection-alpha", "-1"), ("--max-epochs", "0"),
+                          ("--lr", "0")):
+        options = {"--n-cells-per-location": "8", option: value}
+        result = runner.invoke(main, [*base, *(item for pair in options.items() for item in pair)])
+        assert result.exit_code == 2 and option in result.output, (option, result.output)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    for keyword, value in (("n_cells_per_location", 0.0), ("detection_alpha", -2.0), ("max_epochs", 0), ("lr", 0.0)):
+        with pytest.raises(InputError):
+            map_samples([spatial], signatures, **{keyword: value}, min_shared_genes=int(SHARED_GENES), device="cpu")
+
+
+def test_non_integer_counts_and_bad_sample_settings_are_rejected(simulated, tmp_path):
+    adata = ad.read_h5ad(simulated / "qc" / "sample1.qc.h5ad")
+    adata.X = adata.X * 0.5
+    adata.write_h5ad(tmp_path / "halved.qc.h5ad")
+    with pytest.raises(InputError, match="non-integer"):
+        read_spatial_sample(tmp_path / "halved.qc.h5ad")
+    adata = ad.read_h5ad(simulated / "qc" / "sample1.qc.h5ad")
+    adata.uns["tissuemap"]["n_cells_per_location"] = -3.0
+    adata.write_h5ad(tmp_path / "negative.qc.h5ad")
+    with pytest.raises(InputError, match=r"negative.qc.h5ad: uns\['tissuemap'\].*n_cells_per_location"):
+        read_spatial_sample(tmp_path / "negative.qc.h5ad")
+
+
+def test_bad_signatures_are_rejected(tmp_path):
+    path = tmp_path / "signatures.csv"
+    pd.DataFrame({"T": [1.0, -1.0], "B": [1.0, 2.0]}, index=["g1", "g2"]).to_csv(path)
+    with pytest.raises(InputError, match="row 'g2', column 'T'.*non-negative"):
+        read_signatures(path)

@@ -1,0 +1,808 @@
+"""Spatial mapping with the cell2location model: data set-up, training, and export of the posterior to AnnData.
+
+The steps, each a plain function:
+
+1. :func:`read_spatial_sample` and :func:`read_signatures` read and check the inputs (QC'd ``NAME.qc.h5ad`` files
+   and a genes × cell types signature table).
+2. :func:`setup_mapping` subsets every sample and the signatures to their shared genes, in one order, stacks the
+   samples (one batch per slide, each batch's spots contiguous) and computes the prior mean detection d̂.
+3. :func:`fit_mapping` trains the mean-field guide: one full-data step per iteration, the whole data on the device,
+   no host synchronisation inside the loop except every :data:`PROGRESS_EVERY` steps (progress and NaN check).
+4. :func:`export_mapping` writes each sample's posterior into an AnnData, in the cell2location package's naming, with
+   exact log-normal summaries of the guide (no posterior sampling).
+
+:func:`write_mapping_outputs` writes the files of the ``tissuemap map`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tissuemap.counts import check_raw_counts
+from tissuemap.errors import InputError
+from tissuemap.log import logger
+from tissuemap.samplesheet import validate_name
+
+DEFAULT_N_CELLS_PER_LOCATION = 8.0  # the package's default; the lymph node tutorial uses 30
+DEFAULT_DETECTION_ALPHA = 20.0
+DEFAULT_MAX_EPOCHS = 30_000
+DEFAULT_LR = 0.002
+DEFAULT_MIN_SHARED_GENES = 1000
+CLIP_NORM = 200.0  # the package's ClippedAdam: every gradient entry clamped to ±200
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+PROGRESS_EVERY = 100  # steps between progress-bar updates and NaN checks (the only host synchronisations)
+SUMMARIES = ("means", "stds", "q05", "q95")
+# sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
+LOCATION_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
+BATCH_SITES = ("y_e", "m_e", "u_e", "s_eg", "v_eg")
+
+
+@dataclass
+class SpatialSample:
+    """One QC'd Visium sample and the mapping hyper-parameters that apply to it."""
+
+    name: str
+    adata: object  # AnnData
+    n_cells_per_location: float
+    detection_alpha: float
+    slide: str
+    path: str
+
+
+def _positive(value, what: str, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {what} {value!r} is not a number; give a positive number") from None
+    if not (math.isfinite(number) and number > 0):
+        raise InputError(f"{where}: {what} is {value!r}; it must be a positive number")
+    return number
+
+
+def check_training_options(max_epochs: int, lr: float) -> None:
+    """Raise :class:`InputError` unless ``max_epochs`` >= 1 and ``lr`` > 0."""
+    if not (isinstance(max_epochs, (int, np.integer)) and max_epochs >= 1):
+        raise InputError(f"--max-epochs {max_epochs}: must be a whole number of at least 1")
+    _positive(lr, "the learning rate", "--lr")
+
+
+def read_spatial_sample(
+    path: str | os.PathLike,
+    n_cells_per_location: float = DEFAULT_N_CELLS_PER_LOCATION,
+    detection_alpha: float = DEFAULT_DETECTION_ALPHA,
+) -> SpatialSample:
+    """Read one QC'd sample (``tissuemap qc`` output) and the hyper-parameters to map it with.
+
+    ``uns['tissuemap']`` of the file may hold the sample's ``n_cells_per_location``, ``detection_alpha`` and
+    ``slide`` (from the samplesheet): they override the arguments. The sample is named by
+    ``uns['tissuemap']['sample']``, else by its file name without ``.qc.h5ad``.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, lacks counts or coordinates, has no raw integer counts, repeats gene names, or a
+        hyper-parameter is not positive.
+    """
+    import anndata as ad
+
+    path = Path(path)
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError) as err:
+        raise InputError(
+            f"{path}: cannot be read as an h5ad file ({err}); give a NAME.qc.h5ad from tissuemap qc"
+        ) from None
+    if adata.X is None or adata.n_obs == 0 or adata.n_vars == 0 or "spatial" not in adata.obsm:
+        raise InputError(
+            f"{path}: holds no count matrix (X), no spots or no spot coordinates (obsm['spatial']); "
+            "give a NAME.qc.h5ad from tissuemap qc"
+        )
+    check_raw_counts(adata.X, str(path), adata.obs_names, adata.var_names)
+    repeated = adata.var_names[adata.var_names.duplicated()]
+    if len(repeated):
+        raise InputError(f"{path}: gene {repeated[0]!r} appears more than once in var_names; make gene names unique")
+    settings = dict(adata.uns.get("tissuemap", {}))
+    name = validate_name(str(settings.get("sample") or path.name.removesuffix(".h5ad").removesuffix(".qc")),
+                         where=str(path))
+    where = f"{path}: uns['tissuemap']"
+    n_cells = _positive(settings.get("n_cells_per_location", n_cells_per_location), "n_cells_per_location",
+                        where if "n_cells_per_location" in settings else "--n-cells-per-location")
+    alpha = _positive(settings.get("detection_alpha", detection_alpha), "detection_alpha",
+                      where if "detection_alpha" in settings else "--detection-alpha")
+    slide = str(settings.get("slide") or name)
+    logger.info("%s: %d spots x %d genes from %s (N_cells_per_location %g, detection_alpha %g, slide %s)",
+                name, adata.n_obs, adata.n_vars, path, n_cells, alpha, slide)
+    return SpatialSample(name, adata, n_cells, alpha, slide, str(path))
+
+
+def read_signatures(path: str | os.PathLike) -> pd.DataFrame:
+    """Read reference signatures: a CSV with genes as rows (first column: gene names) and one column per cell type.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be parsed, holds fewer than one type, repeats a gene or type, or holds missing, negative or
+        non-numeric values, or a type whose signature is all zero.
+    """
+    path = Path(path)
+    try:
+        signatures = pd.read_csv(path, index_col=0)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(
+            f"{path}: cannot be read as a CSV table ({err}); give genes as rows and cell types as columns"
+        ) from None
+    if signatures.shape[1] == 0 or signatures.shape[0] == 0:
+        raise InputError(f"{path}: no cell type columns or no gene rows; give genes as rows and cell types as columns")
+    signatures.index = signatures.index.astype(str)
+    signatures.columns = signatures.columns.astype(str)
+    for labels, what in ((signatures.index, "gene"), (signatures.columns, "cell type")):
+        repeated = labels[labels.duplicated()]
+        if len(repeated):
+            raise InputError(f"{path}: {what} {repeated[0]!r} appears more than once; make {what} names unique")
+    non_numeric = [column for column in signatures.columns if not pd.api.types.is_numeric_dtype(signatures[column])]
+    if non_numeric:
+        raise InputError(f"{path}: column {non_numeric[0]!r} is not numeric; every cell type column must hold numbers")
+    values = signatures.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise InputError(
+            f"{path}: row {signatures.index[row]!r}, column {signatures.columns[column]!r} is {values[row, column]}; "
+            "signatures must be finite and non-negative (expected counts per cell)"
+        )
+    return signatures.astype(np.float64)
+
+
+@dataclass
+class MappingSetup:
+    """The model's data and how it maps back to the samples.
+
+    Attributes
+    ----------
+    samples
+        The samples in fitting order (grouped by slide).
+    rows
+        Sample name -> its slice of locations in ``data``.
+    sample_batch
+        Sample name -> its batch index.
+    batch_names
+        Slide of each batch.
+    genes
+        Shared genes as the samples name them (``var_names``), in the model's order.
+    cell_types
+        Signature columns, in the model's order.
+    data
+        The tensors the model conditions on (:class:`~tissuemap.models.cell2location.MappingData`).
+    priors
+        Fixed hyper-parameters.
+    gene_match
+        How signatures and samples were matched (:class:`~tissuemap.genes.GeneMatch`).
+    """
+
+    samples: list[SpatialSample]
+    rows: dict[str, slice]
+    sample_batch: dict[str, int]
+    batch_names: list[str]
+    genes: list[str]
+    cell_types: list[str]
+    data: object
+    priors: object
+    gene_match: object
+    seconds: float = 0.0
+
+
+def _shared_spatial_genes(samples: list[SpatialSample]) -> pd.DataFrame:
+    """``var`` of the first sample restricted to the genes every sample has (first sample's order)."""
+    var = samples[0].adata.var
+    common = var.index
+    for sample in samples[1:]:
+        common = common[common.isin(sample.adata.var_names)]
+    if len(common) < len(var):
+        logger.info("%d genes of %s are missing from another sample and left out",
+                    len(var) - len(common), samples[0].name)
+    return var.loc[common]
+
+
+def detection_mean(
+    total_counts: np.ndarray, n_cells: np.ndarray, batch_index: np.ndarray, signatures: np.ndarray
+) -> float:
+    """d̂, the prior mean of detection y_e (spec §3, as the package computes it).
+
+    ``(mean over locations of total count / N̂) / (mean over types of Σ_g g_fg)``, the location mean taken per batch
+    and then averaged over batches, so that every slide weighs the same.
+    """
+    per_location = total_counts / n_cells
+    per_batch = [per_location[batch_index == batch].mean() for batch in range(batch_index.max() + 1)]
+    return float(np.mean(per_batch) / signatures.sum(axis=1).mean())
+
+
+def setup_mapping(
+    samples: list[SpatialSample],
+    signatures: pd.DataFrame,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
+    device=None,
+    signatures_name: str = "signatures",
+    priors=None,
+) -> MappingSetup:
+    """Subset the samples and the signatures to their shared genes and stack the samples into the model's tensors.
+
+    Samples on the same slide form one batch; batches are numbered in order of first appearance, and each batch's
+    samples are placed together so that every batch is one contiguous block of locations.
+
+    Parameters
+    ----------
+    samples
+        QC'd samples (:func:`read_spatial_sample`), names unique.
+    signatures
+        Genes × cell types (:func:`read_signatures`).
+    min_shared_genes
+        Fewest shared genes accepted.
+    device
+        ``torch.device`` for the tensors (CPU when ``None``).
+    signatures_name
+        How messages name the signatures (their file).
+    priors
+        :class:`~tissuemap.models.cell2location.MappingPriors`; the package's defaults when ``None``.
+
+    Raises
+    ------
+    InputError
+        If sample names repeat, too few genes are shared, or a cell type's signature is zero on the shared genes.
+    """
+    import torch
+
+    from tissuemap.genes import match_genes
+    from tissuemap.models.cell2location import MappingData, MappingPriors
+
+    started = time.perf_counter()
+    names = [sample.name for sample in samples]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        paths = [sample.path for sample in samples if sample.name == repeated[0]]
+        raise InputError(f"sample name {repeated[0]!r} is given twice ({', '.join(paths)}); map each sample once")
+    batch_names = list(dict.fromkeys(sample.slide for sample in samples))
+    ordered = sorted(samples, key=lambda sample: batch_names.index(sample.slide))
+
+    spatial_var = _shared_spatial_genes(ordered)
+    spatial_name = ordered[0].path if len(ordered) == 1 else f"the {len(ordered)} spatial samples"
+    match = match_genes(pd.DataFrame(index=signatures.index), spatial_var, min_shared_genes,
+                        reference_name=signatures_name, spatial_name=spatial_name)
+    signature_matrix = signatures.loc[match.reference_names].to_numpy(dtype=np.float32).T  # (F, G)
+    empty = np.flatnonzero(signature_matrix.sum(axis=1) == 0)
+    if len(empty):
+        raise InputError(
+            f"{signatures_name}: cell type {signatures.columns[empty[0]]!r} has an all-zero signature on the "
+            f"{match.n_shared} genes shared with the spatial data; remove it from the signatures"
+        )
+
+    counts = np.empty((sum(sample.adata.n_obs for sample in ordered), match.n_shared), dtype=np.float32)
+    rows, sample_batch, start = {}, {}, 0
+    n_cells, alpha, batch_index = (np.empty(len(counts), dtype=np.float32) for _ in range(3))
+    for sample in ordered:
+        end = start + sample.adata.n_obs
+        block = sample.adata[:, match.spatial_names].X
+        counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
+        rows[sample.name] = slice(start, end)
+        sample_batch[sample.name] = batch_names.index(sample.slide)
+        n_cells[start:end], alpha[start:end] = sample.n_cells_per_location, sample.detection_alpha
+        batch_index[start:end] = sample_batch[sample.name]
+        start = end
+    batch_index = batch_index.astype(np.int64)
+    totals = counts.sum(axis=1, dtype=np.float64)
+    if (totals == 0).any():
+        logger.warning("%d spots have no count on the shared genes; their detection sensitivity will be ~0",
+                       int((totals == 0).sum()))
+    d_hat = detection_mean(totals, n_cells.astype(np.float64), batch_index, signature_matrix.astype(np.float64))
+
+    device = torch.device("cpu") if device is None else device
+    data = MappingData(
+        counts=torch.from_numpy(counts).to(device),
+        batch_index=torch.from_numpy(batch_index).to(device),
+        signatures=torch.from_numpy(signature_matrix).to(device),
+        n_cells_per_location=torch.from_numpy(n_cells).reshape(-1, 1).to(device),
+        detection_alpha=torch.from_numpy(alpha).reshape(-1, 1).to(device),
+        detection_mean=torch.tensor(d_hat, dtype=torch.float32, device=device),
+    )
+    logger.info(
+        "Mapping %d spots (%s) x %d genes onto %d cell types in %d batch(es); detection mean d = %.4g",
+        len(counts), ", ".join(names), match.n_shared, len(signatures.columns), len(batch_names), d_hat,
+    )
+    return MappingSetup(
+        samples=ordered, rows=rows, sample_batch=sample_batch, batch_names=batch_names,
+        genes=list(match.spatial_names), cell_types=list(signatures.columns), data=data,
+        priors=priors if priors is not None else MappingPriors(), gene_match=match,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class MappingFit:
+    """A trained guide and how training went."""
+
+    guide_parameters: object  # (2, P) torch tensor: locations and unconstrained scales
+    loss: np.ndarray  # −ELBO per step, Σ log Γ(x+1) included
+    device: str
+    steps: int
+    lr: float
+    seed: int
+    cuda_graph: bool
+    compiled: bool
+    timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.timed_steps / self.seconds["training"] if self.seconds.get("training") else float("nan")
+
+
+class _ClippedAdam:
+    """Pyro's ``ClippedAdam`` (the package's optimiser) for one tensor, with its step count on the device, so that
+    a captured CUDA graph replays the bias corrections correctly."""
+
+    def __init__(self, parameters, lr: float, clip: float = CLIP_NORM, betas=ADAM_BETAS, eps: float = ADAM_EPS):
+        import torch
+
+        self.parameters, self.lr, self.clip, self.betas, self.eps = parameters, lr, clip, betas, eps
+        self.exp_avg = torch.zeros_like(parameters)
+        self.exp_avg_sq = torch.zeros_like(parameters)
+        self.step_count = torch.zeros((), dtype=parameters.dtype, device=parameters.device)
+
+    def step(self, grad) -> None:
+        import torch
+
+        beta1, beta2 = self.betas
+        grad = grad.clamp(-self.clip, self.clip)
+        self.step_count += 1
+        self.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr * torch.sqrt(1 - beta2**self.step_count) / (1 - beta1**self.step_count)
+        with torch.no_grad():
+            self.parameters.sub_(self.exp_avg / (self.exp_avg_sq.sqrt() + self.eps) * step_size)
+
+
+def _nan_message(step: int) -> str:
+    return (
+        f"training diverged (the ELBO became NaN or infinite at step {step}); check that the reference signatures "
+        "match the tissue (same species, same genes) and that --n-cells-per-location suits it, or lower --lr"
+    )
+
+
+def fit_mapping(
+    setup: MappingSetup,
+    max_epochs: int = DEFAULT_MAX_EPOCHS,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    cuda_graph: bool = True,
+    compile_objective: bool | None = None,
+    progress: bool = True,
+) -> MappingFit:
+    """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of ClippedAdam.
+
+    Parameters
+    ----------
+    setup
+        From :func:`setup_mapping`; its tensors' device is used.
+    max_epochs
+        Training steps (each sees all the data, as the package's ``max_epochs`` with no minibatching).
+    lr
+        Adam learning rate.
+    seed
+        Seed of the guide's noise: the same seed, input and device give the same numbers.
+    cuda_graph
+        On a GPU, capture one training step as a CUDA graph and replay it (falls back to plain steps if capture
+        fails). Ignored on CPU.
+    compile_objective
+        Compile the objective (forward and backward) with ``torch.compile``: fuses its many small operations into a
+        few kernels. ``None``: on a GPU only (on CPU it was measured slower for full-size data). A compiled objective
+        that fails or disagrees with the plain one on a first evaluation is not used.
+    progress
+        Show a progress bar.
+
+    Raises
+    ------
+    InputError
+        If the options are out of range, or the ELBO becomes NaN (what to check is in the message).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
+
+    check_training_options(max_epochs, lr)
+    started = time.perf_counter()
+    data = setup.data
+    device = data.counts.device
+    objective = MappingObjective(data, setup.priors)
+    parameters = initial_guide_parameters(data, setup.priors).requires_grad_()
+    optimizer = _ClippedAdam(parameters, lr)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eps = torch.empty(parameters.shape[1], dtype=parameters.dtype, device=device)
+    losses = torch.empty(max_epochs, dtype=parameters.dtype, device=device)
+    negative_elbo, compiled = objective.negative_elbo, False
+    if compile_objective if compile_objective is not None else device.type == "cuda":
+        negative_elbo, compiled = _checked_compile(negative_elbo, parameters)
+
+    def train_step():
+        loss = negative_elbo(parameters, eps)
+        (grad,) = torch.autograd.grad(loss, [parameters])
+        optimizer.step(grad)
+        return loss.detach()
+
+    use_graph = cuda_graph and device.type == "cuda"
+    step_fn, steps_done = train_step, 0
+    if use_graph:
+        step_fn, steps_done = _capture_cuda_graph(train_step, eps, generator, losses, max_epochs)
+        use_graph = step_fn is not train_step
+    setup_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    bar = tqdm(total=max_epochs, desc="mapping", unit="step", disable=not progress, initial=steps_done)
+    for step in range(steps_done, max_epochs):
+        eps.normal_(generator=generator)
+        losses[step] = step_fn()
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == max_epochs:
+            window = losses[max(0, step + 1 - PROGRESS_EVERY): step + 1]
+            if not bool(torch.isfinite(window).all()):
+                bar.close()
+                first_bad = int(torch.nonzero(~torch.isfinite(losses[: step + 1]))[0]) + 1
+                raise InputError(_nan_message(first_bad))
+            bar.update(step + 1 - bar.n)
+            bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    training_seconds = time.perf_counter() - started
+    loss = losses.double().cpu().numpy() + objective.log_factorial_total
+    fit = MappingFit(
+        guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=max_epochs, lr=lr,
+        seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=max_epochs - steps_done,
+        seconds={"model_setup": setup_seconds, "training": training_seconds},
+    )
+    logger.info("trained %d steps in %.1f s (%.1f it/s) on %s (compiled: %s, CUDA graph: %s); final -ELBO %.6g",
+                max_epochs, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
+                use_graph, loss[-1])
+    return fit
+
+
+# relative difference between compiled and plain objective (loss and gradient) above which the compiled one is dropped
+COMPILE_TOLERANCE = 1e-3
+
+
+def _checked_compile(negative_elbo, parameters):
+    """``(torch.compile(negative_elbo), True)`` if it runs and agrees with ``negative_elbo`` at the guide's median
+    (noise 0); else ``(negative_elbo, False)``, with a warning saying why."""
+    import torch
+
+    eps = torch.zeros(parameters.shape[1], dtype=parameters.dtype, device=parameters.device)
+    compiled = torch.compile(negative_elbo)
+    try:
+        values = []
+        for function in (negative_elbo, compiled):
+            loss = function(parameters, eps)
+            values.append((loss.detach(), torch.autograd.grad(loss, [parameters])[0]))
+    except Exception as err:  # noqa: BLE001  (any compiler failure: train with the plain objective)
+        logger.warning("torch.compile of the objective failed (%s); training without it",
+                       f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        return negative_elbo, False
+    (loss, grad), (compiled_loss, compiled_grad) = values
+    loss_error = float((compiled_loss - loss).abs() / loss.abs().clamp(min=1))
+    grad_error = float((compiled_grad - grad).abs().max() / grad.abs().max().clamp(min=1e-12))
+    if not (loss_error < COMPILE_TOLERANCE and grad_error < COMPILE_TOLERANCE):
+        logger.warning("the compiled objective differs from the plain one (loss %.2g, gradient %.2g relative); "
+                       "training without it", loss_error, grad_error)
+        return negative_elbo, False
+    return compiled, True
+
+
+# steps run eagerly before capture: they allocate what the graph will reuse and compile what must be compiled
+WARMUP_STEPS = 3
+
+
+def _capture_cuda_graph(train_step, eps, generator, losses, max_epochs):
+    """Capture ``train_step`` as a CUDA graph after a few eager warm-up steps (their losses are recorded).
+
+    Returns the function to call per step (replaying the graph into a static loss) and the number of steps already
+    done; on any capture failure, logs why and returns ``train_step`` itself.
+    """
+    import torch
+
+    warmup = min(WARMUP_STEPS, max_epochs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for step in range(warmup):
+            eps.normal_(generator=generator)
+            losses[step] = train_step()
+    torch.cuda.current_stream().wait_stream(stream)
+    if warmup == max_epochs:
+        return train_step, warmup
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            static_loss = train_step()
+    except RuntimeError as err:  # an op that cannot be captured: train without the graph
+        logger.warning("CUDA graph capture failed (%s); training without it", str(err).splitlines()[0])
+        return train_step, warmup
+
+    def replay():
+        graph.replay()
+        return static_loss
+
+    return replay, warmup
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def posterior_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
+    """``means``, ``stds``, ``q05`` and ``q95`` of every site under the trained guide, exact (log-normal), as numpy
+    arrays of the sites' shapes: ``summaries[k][site]``."""
+    from tissuemap.models.cell2location import SiteLayout, guide_scale
+    from tissuemap.models.posterior import lognormal_summaries
+
+    layout = SiteLayout.for_data(setup.data, setup.priors)
+    loc, raw_scale = fit.guide_parameters.double()
+    flat = lognormal_summaries(loc, guide_scale(raw_scale))
+    return {k: {site: value.cpu().numpy() for site, value in layout.split(flat[k]).items()} for k in SUMMARIES}
+
+
+def _sample_sites(setup: MappingSetup, summary: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """One summary of every site restricted to a sample: its locations' rows and its batch's row."""
+    rows, batch = setup.rows[name], setup.sample_batch[name]
+    return {
+        site: values[rows] if site in LOCATION_SITES else values[batch: batch + 1] if site in BATCH_SITES else values
+        for site, values in summary.items()
+    }
+
+
+def _scaled_signatures(setup: MappingSetup, means: dict[str, np.ndarray]) -> np.ndarray:
+    """(F, G) g_fg · E[m_g]: expected molecules per cell of each type at detection 1."""
+    return setup.data.signatures.double().cpu().numpy() * means["m_g"]
+
+
+def expected_counts(setup: MappingSetup, means: dict[str, np.ndarray], name: str, rows: np.ndarray) -> np.ndarray:
+    """Posterior mean of μ_sg for the given rows (positions within sample ``name``): exact under the mean-field guide,
+    where the sites are independent and the mean of the product is the product of the means."""
+    sample_rows = np.arange(setup.rows[name].start, setup.rows[name].stop)[rows]
+    batch = setup.sample_batch[name]
+    cell_part = means["w_sf"][sample_rows] @ _scaled_signatures(setup, means)
+    return (cell_part + means["s_eg"][batch]) * means["y_s"][sample_rows]
+
+
+def expected_expression_layers(counts, w_means: np.ndarray, scaled_signatures: np.ndarray, background: np.ndarray,
+                               cell_types: list[str]) -> dict[str, sp.csr_matrix]:
+    """Split every observed count among the cell types (spec §3): type f gets the share
+    ``w_sf g_fg m_g / (Σ_f' w_sf' g_f'g m_g + s_eg)`` of x_sg. Returns one sparse layer per type (zeros stay zero).
+
+    Parameters
+    ----------
+    counts
+        ``(S, G)`` observed counts of one sample (sparse or dense).
+    w_means, scaled_signatures, background
+        ``(S, F)`` E[w_sf], ``(F, G)`` g_fg E[m_g] and ``(G,)`` E[s_eg] of the sample's batch.
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    counts.sort_indices()
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    genes = counts.indices
+    # Σ_f w_sf g_fg m_g + s_g at the non-zero entries, a block of spots at a time (bounded memory)
+    denominator = np.empty(counts.nnz)
+    block = max(1, (1 << 22) // max(1, counts.shape[1]))
+    for start in range(0, counts.shape[0], block):
+        first, last = counts.indptr[start], counts.indptr[min(start + block, counts.shape[0])]
+        dense = w_means[start: start + block] @ scaled_signatures + background
+        denominator[first:last] = dense[rows[first:last] - start, genes[first:last]]
+    share = counts.data / denominator
+    layers = {}
+    for f, cell_type in enumerate(cell_types):
+        values = (share * w_means[rows, f] * scaled_signatures[f, genes]).astype(np.float32)
+        layers[cell_type] = sp.csr_matrix((values, genes.copy(), counts.indptr.copy()), shape=counts.shape)
+    return layers
+
+
+def _settings(setup: MappingSetup, fit: MappingFit, sample: SpatialSample) -> dict:
+    """What the fit was run with, for ``uns['mod']`` (h5ad-storable: no None)."""
+    return {
+        "model_name": "cell2location (tissuemap, Pyro)",
+        "n_cells_per_location": sample.n_cells_per_location,
+        "detection_alpha": sample.detection_alpha,
+        "detection_mean": float(setup.data.detection_mean),
+        "batch": sample.slide,
+        "batch_names": list(setup.batch_names),
+        "samples_fitted_together": [s.name for s in setup.samples],
+        "genes_matched_by": setup.gene_match.key,
+        "max_epochs": fit.steps,
+        "lr": fit.lr,
+        "seed": fit.seed,
+        "device": fit.device,
+        "priors": asdict(setup.priors),
+    }
+
+
+def export_mapping(
+    setup: MappingSetup,
+    fit: MappingFit,
+    expected_expression: bool = False,
+    summaries: dict | None = None,
+) -> dict:
+    """Each sample's posterior in an AnnData, named as the cell2location package names it.
+
+    Every returned AnnData is its sample subset to the shared genes (raw counts in ``X``) with:
+
+    - ``obsm['{k}_cell_abundance_w_sf']`` for k in means, stds, q05, q95: spots × cell types, columns
+      ``{k}cell_abundance_w_sf_{celltype}``;
+    - ``obs['detection_sensitivity']`` (posterior mean of y_s) and ``obs['total_cell_abundance']`` (Σ_f E[w_sf]);
+    - ``uns['mod']``: ``factor_names`` (cell types), ``var_names``, ``obs_names``, ``post_sample_{k}`` (every site's
+      summary restricted to the sample; ``post_sample_means`` also holds ``u_sf``, the expected mRNA molecules of each
+      type per spot) and the settings of the fit;
+    - with ``expected_expression``, one sparse layer per cell type: the counts split among types (spec §3).
+
+    Returns
+    -------
+    Sample name -> AnnData.
+    """
+    summaries = summaries if summaries is not None else posterior_summaries(setup, fit)
+    results = {}
+    for sample in setup.samples:
+        adata = sample.adata[:, setup.genes].copy()
+        sites = {k: _sample_sites(setup, summaries[k], sample.name) for k in SUMMARIES}
+        for k in SUMMARIES:
+            columns = [f"{k}cell_abundance_w_sf_{cell_type}" for cell_type in setup.cell_types]
+            adata.obsm[f"{k}_cell_abundance_w_sf"] = pd.DataFrame(sites[k]["w_sf"], adata.obs_names, columns)
+        means = sites["means"]
+        scaled = _scaled_signatures(setup, summaries["means"])
+        means["u_sf"] = means["w_sf"] * scaled.sum(axis=1)
+        adata.obs["detection_sensitivity"] = means["y_s"][:, 0]
+        adata.obs["total_cell_abundance"] = means["w_sf"].sum(axis=1)
+        adata.uns["mod"] = {
+            "factor_names": list(setup.cell_types),
+            "var_names": list(setup.genes),
+            "obs_names": list(adata.obs_names),
+            **{f"post_sample_{k}": sites[k] for k in SUMMARIES},
+            **_settings(setup, fit, sample),
+        }
+        if expected_expression:
+            layers = expected_expression_layers(adata.X, means["w_sf"], scaled, means["s_eg"][0], setup.cell_types)
+            for cell_type, layer in layers.items():
+                adata.layers[cell_type] = layer
+        results[sample.name] = adata
+    return results
+
+
+@dataclass
+class MappingResult:
+    """Everything ``tissuemap map`` writes: the fit, its set-up, and each sample's exported AnnData."""
+
+    setup: MappingSetup
+    fit: MappingFit
+    summaries: dict
+    samples: dict  # sample name -> AnnData
+
+
+def map_samples(
+    spatial_paths: list[str | os.PathLike],
+    signatures_path: str | os.PathLike,
+    n_cells_per_location: float = DEFAULT_N_CELLS_PER_LOCATION,
+    detection_alpha: float = DEFAULT_DETECTION_ALPHA,
+    max_epochs: int = DEFAULT_MAX_EPOCHS,
+    lr: float = DEFAULT_LR,
+    device: str = "auto",
+    seed: int = 0,
+    expected_expression: bool = False,
+    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
+    progress: bool = True,
+) -> MappingResult:
+    """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
+
+    Reads the inputs (:func:`read_spatial_sample`, :func:`read_signatures`), sets up the data
+    (:func:`setup_mapping`), trains (:func:`fit_mapping`) and exports (:func:`export_mapping`); per-sample
+    ``uns['tissuemap']`` values override ``n_cells_per_location`` and ``detection_alpha``.
+
+    Raises
+    ------
+    InputError
+        On any input problem or out-of-range option, before training starts; or if training diverges.
+    """
+    from tissuemap.models.device import resolve_device
+
+    started = time.perf_counter()
+    _positive(n_cells_per_location, "the number of cells per location", "--n-cells-per-location")
+    _positive(detection_alpha, "detection alpha", "--detection-alpha")
+    check_training_options(max_epochs, lr)
+    torch_device = resolve_device(device)
+    samples = [read_spatial_sample(path, n_cells_per_location, detection_alpha) for path in spatial_paths]
+    signatures = read_signatures(signatures_path)
+    read_seconds = time.perf_counter() - started
+    setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
+    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress)
+    started = time.perf_counter()
+    summaries = posterior_summaries(setup, fit)
+    exported = export_mapping(setup, fit, expected_expression, summaries)
+    export_seconds = time.perf_counter() - started
+    fit.seconds = {"read": read_seconds, "data_setup": setup.seconds, **fit.seconds, "export": export_seconds}
+    return MappingResult(setup, fit, summaries, exported)
+
+
+# rows drawn for the observed-vs-expected figure: about this many entries in all
+QC_PLOT_ENTRIES = 2_000_000
+
+
+def history_record(result: MappingResult, name: str) -> dict:
+    """The training history written to ``NAME.mapping_history.json``."""
+    fit, setup = result.fit, result.setup
+    return {
+        "sample": name,
+        "samples_fitted_together": [sample.name for sample in setup.samples],
+        "batch": setup.batch_names[setup.sample_batch[name]],
+        "device": fit.device,
+        "cuda_graph": fit.cuda_graph,
+        "compiled": fit.compiled,
+        "steps": fit.steps,
+        "lr": fit.lr,
+        "seed": fit.seed,
+        "iterations_per_second": fit.iterations_per_second,
+        "timed_steps": fit.timed_steps,
+        "seconds": fit.seconds,
+        "n_spots": int(setup.data.n_locations),
+        "n_genes": int(setup.data.n_genes),
+        "n_cell_types": int(setup.data.n_types),
+        "loss_definition": "negative ELBO of the whole fit (all samples fitted together), log(x!) included",
+        "loss_every": 1,
+        "loss": [float(value) for value in fit.loss],
+    }
+
+
+def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> None:
+    """Write, per sample, via a staging folder (all files or none):
+
+    ``NAME.abundance.h5ad`` (:func:`export_mapping`), ``NAME.cell_abundance_q05.csv`` and
+    ``NAME.cell_abundance_mean.csv`` (barcodes × cell types), ``NAME.mapping_history.json`` (:func:`history_record`),
+    and the QC figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
+    ``NAME.mapping_cells_vs_counts.png`` and ``NAME.cell_abundance_spatial.png``.
+    """
+    from tissuemap.outputs import staged_outputs
+    from tissuemap.plotting.mapping import plot_cell_abundance_spatial, plot_cells_vs_counts
+    from tissuemap.plotting.training import plot_elbo_history, plot_observed_vs_expected
+
+    started = time.perf_counter()
+    setup, fit = result.setup, result.fit
+    means = result.summaries["means"]
+    with staged_outputs(outdir) as staging:
+        for name, adata in result.samples.items():
+            adata.write_h5ad(staging / f"{name}.abundance.h5ad", compression="gzip")
+            for k, label in (("q05", "q05"), ("means", "mean")):
+                table = adata.obsm[f"{k}_cell_abundance_w_sf"].copy()
+                table.columns = setup.cell_types
+                table.index.name = "barcode"
+                table.to_csv(staging / f"{name}.cell_abundance_{label}.csv")
+
+            together = "" if len(setup.samples) == 1 else f" (fitted with {len(setup.samples) - 1} other samples)"
+            plot_elbo_history({"-ELBO": fit.loss}, staging / f"{name}.mapping_elbo.png",
+                              f"{name}: cell2location training{together}", xlabel="step")
+            n_rows = min(adata.n_obs, max(1, QC_PLOT_ENTRIES // adata.n_vars))
+            rows = np.linspace(0, adata.n_obs - 1, n_rows).round().astype(int)
+            plot_observed_vs_expected(adata.X[rows], expected_counts(setup, means, name, rows),
+                                      staging / f"{name}.mapping_observed_vs_expected.png",
+                                      f"{name}: observed vs expected counts")
+            plot_cells_vs_counts(adata, staging / f"{name}.mapping_cells_vs_counts.png", name)
+            plot_cell_abundance_spatial(adata, staging / f"{name}.cell_abundance_spatial.png", name)
+        fit.seconds["write"] = time.perf_counter() - started
+        for name in result.samples:
+            history = json.dumps(history_record(result, name), indent=1)
+            (staging / f"{name}.mapping_history.json").write_text(history + "\n")
+    logger.info("wrote the mapping of %s to %s", ", ".join(result.samples), outdir)

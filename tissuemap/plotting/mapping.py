@@ -1,0 +1,78 @@
+"""QC figures of the mapping step, drawn from a sample's exported AnnData (:func:`tissuemap.mapping.export_mapping`).
+
+The training history and observed-vs-expected counts use :mod:`tissuemap.plotting.training`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported
+import matplotlib.pyplot as plt
+import numpy as np
+
+PANEL_SIZE = 2.6  # inches per spatial panel
+MAX_COLUMNS = 6
+
+
+def plot_cells_vs_counts(adata, path: str | os.PathLike, sample: str) -> None:
+    """Total estimated cells per spot against its total count, coloured by detection sensitivity; and the detection
+    sensitivity's distribution around its batch mean.
+
+    Spots where many cells give few counts have low detection; a tight relation between cells and counts with
+    detection near its batch mean means the model needed little per-spot correction.
+    """
+    counts = np.asarray(adata.X.sum(axis=1)).ravel()
+    cells = adata.obs["total_cell_abundance"].to_numpy(dtype=float)
+    detection = adata.obs["detection_sensitivity"].to_numpy(dtype=float)
+    batch_mean = float(np.ravel(adata.uns["mod"]["post_sample_means"]["y_e"])[0])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    try:
+        points = axes[0].scatter(counts, cells, c=detection, s=6, cmap="viridis")
+        fig.colorbar(points, ax=axes[0], label="detection sensitivity y_s")
+        axes[0].set_xlabel("total count per spot (shared genes)")
+        axes[0].set_ylabel("total estimated cells per spot (Σ_f mean w_sf)")
+        axes[0].set_title("estimated cells vs counts")
+        axes[1].hist(detection, bins=50, color="tab:blue")
+        axes[1].axvline(batch_mean, color="black", linestyle="--", label=f"slide mean y_e = {batch_mean:.3g}")
+        axes[1].set_xlabel("detection sensitivity y_s (posterior mean)")
+        axes[1].set_ylabel("spots")
+        axes[1].legend(frameon=False)
+        fig.suptitle(f"{sample}: cell abundance and detection")
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def plot_cell_abundance_spatial(adata, path: str | os.PathLike, sample: str, summary: str = "q05") -> None:
+    """One panel per cell type: spots at their coordinates coloured by the estimated cells (default: q05, 'at least
+    this many cells'), each panel on its own colour scale."""
+    table = adata.obsm[f"{summary}_cell_abundance_w_sf"]
+    cell_types = adata.uns["mod"]["factor_names"]
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    columns = min(MAX_COLUMNS, len(cell_types))
+    rows = math.ceil(len(cell_types) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_SIZE * columns, PANEL_SIZE * rows), squeeze=False,
+                             layout="constrained")
+    try:
+        for axis, cell_type, column in zip(axes.flat, cell_types, table.columns):
+            values = table[column].to_numpy(dtype=float)
+            points = axis.scatter(xy[:, 0], xy[:, 1], c=values, s=4, cmap="magma", vmin=0,
+                                  vmax=max(float(np.quantile(values, 0.99)), 1e-6))
+            fig.colorbar(points, ax=axis, shrink=0.8)
+            axis.set_title(str(cell_type), fontsize=9)
+        for axis in axes.flat:
+            axis.set_aspect("equal")
+            # image rows grow downwards: the largest y at the bottom, as on the slide image
+            if axis.collections:
+                axis.invert_yaxis()
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_frame_on(bool(axis.collections))
+        fig.suptitle(f"{sample}: estimated cells per spot ({summary})")
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
