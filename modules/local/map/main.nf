@@ -23,6 +23,8 @@ process TISSUEMAP_MAP {
     script:
     def args = task.ext.args ?: ''
     """
+    # torch would otherwise start a thread per core of the node and contend with the other tasks packed on it
+    export OMP_NUM_THREADS=${task.cpus}
     tissuemap-map \\
         --spatial ${spatial} \\
         --signatures ${signatures} \\
