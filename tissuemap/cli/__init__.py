@@ -18,6 +18,10 @@ COMMANDS = {
     "simulate": "tissuemap.cli.simulate:simulate",
     "qc": "tissuemap.cli.qc:qc",
     "filter-genes": "tissuemap.cli.filter_genes:filter_genes",
+    "signatures": "tissuemap.cli.signatures:signatures",
+    "map": "tissuemap.cli.map:map_command",
+    "report": "tissuemap.cli.report:report",
+    "multiqc-content": "tissuemap.cli.multiqc:multiqc_content",
     "run": "tissuemap.cli.run:run",
 }
 

@@ -1,0 +1,297 @@
+"""`tissuemap run`: the steps it plans, and the whole pipeline end to end on small real data, with reuse on rerun."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_report import assert_self_contained, cell_texts
+
+from tissuemap.cli import main
+from tissuemap.errors import InputError
+from tissuemap.runner import RunOptions, _distribute, plan_steps
+
+REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
+
+
+@pytest.fixture
+def three_samples(shared_data, tmp_path):
+    """A samplesheet of three samples (one Visium folder): a and b share slide s1; c has its own settings."""
+    sheet = tmp_path / "samplesheet.csv"
+    outs = shared_data / "visium" / "breast_crop"
+    sheet.write_text(
+        "sample,spaceranger_dir,n_cells_per_location,detection_alpha,slide\n"
+        f"a,{outs},,,s1\n"
+        f"b,{outs},,,s1\n"
+        f"c,{outs},12,200,\n"
+    )
+    return sheet
+
+
+def steps_by_key(sheet, options, outdir):
+    return {step.key: step for step in plan_steps(sheet, options, outdir)}
+
+
+def option(step, name):
+    return step.args[step.args.index(name) + 1]
+
+
+def test_plan_runs_every_step_in_order(three_samples, tmp_path):
+    steps = plan_steps(three_samples, REFERENCE_OPTIONS, tmp_path / "results")
+    assert [step.key for step in steps] == [
+        "qc/a", "qc/b", "qc/c", "filter-genes", "signatures", "map/a", "map/b", "map/c",
+        "report/reference", "report/a", "report/b", "report/c", "summary",
+    ]
+    results = tmp_path / "results"
+    steps = {step.key: step for step in steps}
+    # the samplesheet's own settings go to the qc step, which stores them for the mapping
+    assert option(steps["qc/c"], "--n-cells-per-location") == "12.0"
+    assert option(steps["qc/c"], "--detection-alpha") == "200.0"
+    assert option(steps["qc/a"], "--slide") == "s1" and "--slide" not in steps["qc/c"].args
+    assert option(steps["signatures"], "--reference") == str(results / "reference" / "reference.filtered.h5ad")
+    assert option(steps["map/a"], "--outdir") == str(results / "a")
+    assert option(steps["map/a"], "--signatures") == str(results / "reference" / "signatures.csv")
+    assert steps["map/a"].needs == ("qc/a", "signatures")
+    # options not given are left to each step's default
+    assert "--max-epochs" not in steps["map/a"].args and "--device" not in steps["signatures"].args
+
+
+def test_run_options_reach_the_training_steps(three_samples, tmp_path):
+    options = RunOptions(reference="ref.h5ad", labels_key="cell_type", batch_key="batch", covariate_keys="tech",
+                         regression_epochs=7, mapping_epochs=11, n_cells_per_location=20, device="cpu", seed=3)
+    steps = steps_by_key(three_samples, options, tmp_path)
+    assert steps["signatures"].command_line().endswith(
+        "--labels-key cell_type --batch-key batch --covariate-keys tech --max-epochs 7 --device cpu --seed 3 "
+        f"--outdir {tmp_path / 'reference'}"
+    )
+    assert "--n-cells-per-location 20 --max-epochs 11 --device cpu --seed 3" in steps["map/c"].command_line()
+
+
+def test_joint_and_slide_modes_map_samples_together(three_samples, tmp_path):
+    joint = steps_by_key(three_samples, RunOptions(**{**REFERENCE_OPTIONS.__dict__, "mapping_mode": "joint"}), tmp_path)
+    assert [key for key in joint if key.startswith("map/")] == ["map/a+b+c"]
+    step = joint["map/a+b+c"]
+    assert step.distribute == ("a", "b", "c")
+    assert step.args[: 4] == ("--spatial", *(str(tmp_path / name / f"{name}.qc.h5ad") for name in "abc"))
+    assert option(step, "--outdir") == str(tmp_path / ".mapping" / "joint")
+    assert joint["report/b"].needs == ("qc/b", "map/a+b+c")
+
+    by_slide = steps_by_key(three_samples, RunOptions(**{**REFERENCE_OPTIONS.__dict__, "mapping_mode": "slide"}),
+                            tmp_path)
+    assert [key for key in by_slide if key.startswith("map/")] == ["map/a+b", "map/c"]
+    assert by_slide["map/a+b"].distribute == ("a", "b")
+    # a sample alone on its slide is written straight into its folder
+    assert by_slide["map/c"].distribute == () and option(by_slide["map/c"], "--outdir") == str(tmp_path / "c")
+
+
+def test_given_signatures_skip_the_reference_steps(three_samples, tmp_path):
+    signatures = tmp_path / "signatures.csv"
+    steps = steps_by_key(three_samples, RunOptions(signatures=signatures, n_cells_per_location=30), tmp_path / "results")
+    assert not {"filter-genes", "signatures", "report/reference"} & set(steps)
+    assert option(steps["map/a"], "--signatures") == str(signatures)
+    assert steps["map/a"].inputs == (signatures,)
+
+
+@pytest.mark.parametrize("options, message", [
+    (RunOptions(), "give either --reference (with --labels-key) to learn signatures, or --signatures"),
+    (RunOptions(reference="r.h5ad", labels_key="t", signatures="s.csv"), "give either --reference"),
+    (RunOptions(reference="r.h5ad"), "--reference needs --labels-key"),
+])
+def test_reference_or_signatures_is_required(three_samples, tmp_path, options, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_steps(three_samples, options, tmp_path)
+
+
+def test_cells_per_location_from_the_run_or_else_from_the_samplesheet(three_samples, tmp_path):
+    with pytest.raises(InputError, match=r"--n-cells-per-location: sample\(s\) a, b have no n_cells_per_location"):
+        plan_steps(three_samples, RunOptions(signatures="s.csv"), tmp_path)
+    only_c = tmp_path / "c.csv"
+    only_c.write_text(three_samples.read_text().splitlines()[0] + "\n" + three_samples.read_text().splitlines()[3])
+    steps = steps_by_key(only_c, RunOptions(signatures="s.csv"), tmp_path)
+    # the map step needs the option; c's own value (which the map step would take anyway) stands in for the run's
+    assert option(steps["map/c"], "--n-cells-per-location") == "12.0"
+
+
+def test_jointly_mapped_files_go_to_each_samples_folder(tmp_path):
+    work = tmp_path / ".mapping" / "joint"
+    work.mkdir(parents=True)
+    for name in ("a.abundance.h5ad", "a.b.abundance.h5ad", "a.b.mapping_elbo.png"):
+        (work / name).write_text(name)
+    _distribute(work, tmp_path, ("a", "a.b"))
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == [
+        "a.b/a.b.abundance.h5ad", "a.b/a.b.mapping_elbo.png", "a/a.abundance.h5ad",
+    ]
+
+
+def test_a_file_of_no_sample_moves_nothing(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a.abundance.h5ad").write_text("a")
+    (work / "stray.txt").write_text("?")
+    with pytest.raises(RuntimeError, match="stray.txt: the mapping step wrote a file of no sample among a, b"):
+        _distribute(work, tmp_path / "results", ("a", "b"))
+    assert not (tmp_path / "results" / "a").exists()
+
+
+# --- end to end: breast_crop twice (jointly mapped) with the lymph node reference, a few training steps ---
+
+LYMPH_NODE_TYPES = ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
+SAMPLES = ("breast_a", "breast_b")
+STATS = ("means", "stds", "q05", "q95")
+
+
+def run_pipeline(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def step_status(results):
+    return {step["key"]: step["status"] for step in json.loads((results / "pipeline_info" / "steps.json").read_text())}
+
+
+def file_stats(results):
+    return {str(path.relative_to(results)): path.stat().st_mtime_ns for path in results.rglob("*") if path.is_file()
+            and "pipeline_info" not in path.parts}
+
+
+@pytest.fixture(scope="module")
+def results(shared_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    sheet = folder / "samplesheet.csv"
+    outs = shared_data / "visium" / "breast_crop"
+    sheet.write_text(f"sample,spaceranger_dir,n_cells_per_location\nbreast_a,{outs},\nbreast_b,{outs},20\n")
+    run_pipeline("--input", sheet, "--reference", shared_data / "reference" / "lymph_node_330cells.h5ad",
+                 "--labels-key", "cell_type", "--n-cells-per-location", 30, "--regression-epochs", 2,
+                 "--mapping-epochs", 3, "--mapping-mode", "joint", "--seed", 1, "--outdir", folder / "results")
+    return folder / "results"
+
+
+def test_run_writes_the_documented_layout(results):
+    def names(folder):
+        return sorted(path.name for path in folder.iterdir())
+
+    assert names(results) == ["breast_a", "breast_b", "pipeline_info", "reference", "summary.html"]
+    assert names(results / "reference") == sorted([
+        "signatures.csv", "reference.signatures.h5ad", "reference.signatures_history.json",
+        "reference.signatures_elbo.png", "reference.signatures_obs_vs_expected.png",
+        "reference.signatures_vs_average.png", "reference.filtered.h5ad", "reference.filter_genes.png",
+        "reference.filter_genes.json", "reference.report.html",
+    ])
+    for sample in SAMPLES:
+        assert names(results / sample) == sorted(f"{sample}.{suffix}" for suffix in [
+            "qc.h5ad", "qc.json", "qc_histograms.png", "qc_spatial.png", "abundance.h5ad", "cell_abundance_q05.csv",
+            "cell_abundance_mean.csv", "cell_abundance_spatial.png", "mapping_history.json", "mapping_elbo.png",
+            "mapping_observed_vs_expected.png", "mapping_cells_vs_counts.png", "report.html",
+        ])
+    assert names(results / "pipeline_info") == ["params.json", "steps.json", "versions.json"]
+
+
+def test_signatures_and_abundance_hold_every_cell_type(results):
+    signatures = pd.read_csv(results / "reference" / "signatures.csv", index_col=0)
+    assert list(signatures.columns) == LYMPH_NODE_TYPES
+    reference = ad.read_h5ad(results / "reference" / "reference.signatures.h5ad")
+    assert list(reference.varm["means_per_cluster_mu_fg"].columns) == [
+        f"means_per_cluster_mu_fg_{name}" for name in LYMPH_NODE_TYPES]
+    assert list(reference.uns["mod"]["factor_names"]) == LYMPH_NODE_TYPES
+
+    for sample, n_cells in zip(SAMPLES, (30, 20)):
+        adata = ad.read_h5ad(results / sample / f"{sample}.abundance.h5ad")
+        assert adata.n_obs == 338
+        assert list(adata.uns["mod"]["factor_names"]) == LYMPH_NODE_TYPES
+        for stat in STATS:
+            table = adata.obsm[f"{stat}_cell_abundance_w_sf"]
+            assert list(table.columns) == [f"{stat}cell_abundance_w_sf_{name}" for name in LYMPH_NODE_TYPES]
+            assert (table.to_numpy() >= 0).all()
+        assert adata.obsm["spatial"].shape == (338, 2) and "images" in adata.uns["spatial"][sample]
+        # the samplesheet's value for breast_b overrides the run's
+        assert adata.uns["mod"]["n_cells_per_location"] == n_cells
+        assert list(adata.uns["mod"]["samples_fitted_together"]) == list(SAMPLES)
+        for label, stat in (("q05", "q05"), ("mean", "means")):
+            table = pd.read_csv(results / sample / f"{sample}.cell_abundance_{label}.csv", index_col=0)
+            assert table.shape == (338, 11) and list(table.columns) == LYMPH_NODE_TYPES
+            assert list(table.index) == list(adata.obs_names)
+            np.testing.assert_allclose(table.to_numpy(), adata.obsm[f"{stat}_cell_abundance_w_sf"].to_numpy(),
+                                       rtol=1e-5)
+
+
+@pytest.mark.parametrize("page", ["breast_a/breast_a.report.html", "breast_b/breast_b.report.html",
+                                  "reference/reference.report.html", "summary.html"])
+def test_every_report_names_every_cell_type_and_embeds_its_images(results, page):
+    text = (results / page).read_text()
+    assert_self_contained(text)
+    assert set(LYMPH_NODE_TYPES) <= cell_texts(text) | cell_texts(text, "th")
+
+
+def test_summary_links_every_sample_report(results):
+    text = (results / "summary.html").read_text()
+    for sample in SAMPLES:
+        assert f'<a href="{sample}/{sample}.report.html">{sample}</a>' in text
+        assert (results / sample / f"{sample}.report.html").is_file()
+
+
+def test_pipeline_info_records_parameters_versions_and_steps(results):
+    info = results / "pipeline_info"
+    parameters = json.loads((info / "params.json").read_text())
+    assert parameters["mapping_mode"] == "joint" and parameters["mapping_epochs"] == 3
+    versions = json.loads((info / "versions.json").read_text())
+    assert {"python", "tissuemap", "torch", "pyro-ppl", "scanpy", "anndata", "jinja2", "click"} <= set(versions)
+    steps = json.loads((info / "steps.json").read_text())
+    assert [step["key"] for step in steps] == [
+        "qc/breast_a", "qc/breast_b", "filter-genes", "signatures", "map/breast_a+breast_b", "report/reference",
+        "report/breast_a", "report/breast_b", "summary"]
+    assert all(step["status"] == "ran" and step["seconds"] > 0 for step in steps)
+    mapping = steps[4]
+    assert mapping["command"].startswith(f"tissuemap map --spatial {results}/breast_a/breast_a.qc.h5ad ")
+    assert "breast_b/breast_b.abundance.h5ad" in mapping["outputs"]
+
+
+def test_rerun_reuses_finished_steps_and_force_runs_them_again(shared_data, results, tmp_path):
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(f"sample,spaceranger_dir\nbreast,{shared_data / 'visium' / 'breast_crop'}\n")
+    rerun = tmp_path / "results"
+    base = ["--input", sheet, "--signatures", results / "reference" / "signatures.csv", "--n-cells-per-location", 30,
+            "--outdir", rerun]
+    args = [*base, "--mapping-epochs", 2]
+    run_pipeline(*args)
+    everything = {"qc/breast", "map/breast", "report/breast", "summary"}
+    assert step_status(rerun) == dict.fromkeys(everything, "ran")
+    first = file_stats(rerun)
+
+    output = run_pipeline(*args).output
+    assert step_status(rerun) == dict.fromkeys(everything, "reused")
+    assert "breast: mapping: reused" in output
+    assert file_stats(rerun) == first
+
+    # another mapping option: the mapping and what reads it run again, QC is reused
+    run_pipeline(*base, "--mapping-epochs", 3)
+    assert step_status(rerun) == {"qc/breast": "reused", "map/breast": "ran", "report/breast": "ran", "summary": "ran"}
+    after_mapping = file_stats(rerun)
+    assert after_mapping["breast/breast.qc.h5ad"] == first["breast/breast.qc.h5ad"]
+    assert after_mapping["breast/breast.abundance.h5ad"] != first["breast/breast.abundance.h5ad"]
+
+    run_pipeline(*base, "--mapping-epochs", 3, "--force")
+    assert step_status(rerun) == dict.fromkeys(everything, "ran")
+    assert all(file_stats(rerun)[name] != stamp for name, stamp in after_mapping.items())
+
+
+def test_a_failed_step_leaves_no_partial_outputs(shared_data, tmp_path):
+    sheet = tmp_path / "samplesheet.csv"
+    outs = shared_data / "visium" / "breast_crop"
+    sheet.write_text(f"sample,spaceranger_dir\nbreast_a,{outs}\nbreast_b,{outs}\n")
+    unrelated = tmp_path / "signatures.csv"
+    pd.DataFrame({"T": [1.0, 2.0]}, index=["NOT_A_GENE_1", "NOT_A_GENE_2"]).rename_axis("gene").to_csv(unrelated)
+    results = tmp_path / "results"
+    result = CliRunner().invoke(main, ["run", "--input", str(sheet), "--signatures", str(unrelated),
+                                       "--n-cells-per-location", "30", "--mapping-mode", "joint",
+                                       "--outdir", str(results)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")
+    # QC finished and is kept (and recorded for reuse); the mapping left nothing, not even its work folder
+    for sample in ("breast_a", "breast_b"):
+        assert sorted(path.name for path in (results / sample).iterdir()) == [
+            f"{sample}.qc.h5ad", f"{sample}.qc.json", f"{sample}.qc_histograms.png", f"{sample}.qc_spatial.png"]
+    assert sorted(path.name for path in results.iterdir()) == ["breast_a", "breast_b", "pipeline_info"]
+    assert step_status(results) == {"qc/breast_a": "ran", "qc/breast_b": "ran"}
