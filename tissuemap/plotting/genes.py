@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import LogNorm
 
 
 def _rejected_region(
@@ -43,12 +45,6 @@ def plot_gene_filter(adata, path: str | os.PathLike, title: str) -> None:
     title
         Start of the title (e.g. the reference's name).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
     summary = adata.uns["filter_genes"]
     genes = summary["genes"]
     detected = genes[genes["n_cells"] > 0]

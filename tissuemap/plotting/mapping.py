@@ -8,9 +8,6 @@ from __future__ import annotations
 import math
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
 

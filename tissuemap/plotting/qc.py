@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import PatchCollection  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.collections import PatchCollection
+from matplotlib.patches import Circle
 
 HISTOGRAM_BINS = 50
 REMOVED_COLOUR = "tab:red"
@@ -59,7 +56,7 @@ def plot_qc_histograms(adata, path: str | Path) -> None:
         plt.close(fig)
 
 
-def _image_and_scale(adata, sample: str) -> tuple[np.ndarray | None, float, str]:
+def image_and_scale(adata, sample: str) -> tuple[np.ndarray | None, float, str]:
     """The hires image (else lowres) of ``sample`` with its scale factor; no image and scale 1 when none fits."""
     library = adata.uns.get("spatial", {}).get(sample, {})
     images = library.get("images", {})
@@ -70,7 +67,7 @@ def _image_and_scale(adata, sample: str) -> tuple[np.ndarray | None, float, str]
     return None, 1.0, "full resolution"
 
 
-def _spot_radius(xy: np.ndarray, scalefactors: dict, scale: float) -> float:
+def spot_radius(xy: np.ndarray, scalefactors: dict, scale: float) -> float:
     """Spot radius in plot units: Space Ranger's spot diameter, else from the typical distance between spots."""
     if "spot_diameter_fullres" in scalefactors:
         return 0.5 * float(scalefactors["spot_diameter_fullres"]) * scale
@@ -88,12 +85,12 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
 
     Without an image (or its scale factor), spots are drawn at their full-resolution coordinates on a blank canvas.
     """
-    image, scale, scale_name = _image_and_scale(adata, sample)
+    image, scale, scale_name = image_and_scale(adata, sample)
     scalefactors = adata.uns.get("spatial", {}).get(sample, {}).get("scalefactors", {})
     xy = np.asarray(adata.obsm["spatial"], dtype=float) * scale
     removed = adata.uns.get("qc_removed_spots", pd.DataFrame(columns=["x", "y"]))
     removed_xy = removed[["x", "y"]].to_numpy(dtype=float) * scale
-    radius = _spot_radius(xy, scalefactors, scale)
+    radius = spot_radius(xy, scalefactors, scale)
 
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     try:

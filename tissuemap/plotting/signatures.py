@@ -43,7 +43,11 @@ def plot_signature_qc(adata, record: dict, folder: str | os.PathLike, prefix: st
     """
     import scipy.sparse as sp
 
-    from tissuemap.signatures import expected_reference_counts, signature_table, type_average_counts
+    from tissuemap.signatures import (
+        expected_reference_counts,
+        signature_table,
+        type_average_counts,
+    )
 
     folder = Path(folder)
     method = record["method"]

@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+import matplotlib.pyplot as plt
+import numpy as np
+import scipy.sparse as sp
+from matplotlib.colors import LogNorm
+
 # Entries of a count matrix drawn for the observed-vs-expected histogram: enough for a smooth picture, bounded memory.
 MAX_HISTOGRAM_ENTRIES = 2_000_000
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_elbo_history(
@@ -40,9 +36,7 @@ def plot_elbo_history(
     xlabel
         What one value stands for: ``"epoch"`` or ``"step"``.
     """
-    import numpy as np
 
-    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, values in history.items():
         values = np.asarray(values, dtype=float)
@@ -75,10 +69,7 @@ def plot_log_histogram2d(x, y, path: str | os.PathLike, title: str, xlabel: str,
     title, xlabel, ylabel
         Figure title and what x and y are (the axes add "log10(1 + x)").
     """
-    import numpy as np
-    from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
     fig, axis = plt.subplots(figsize=(5.5, 5))
     x, y = np.log10(1 + np.asarray(x, dtype=float)), np.log10(1 + np.asarray(y, dtype=float))
     *_, image = axis.hist2d(x, y, bins=100, norm=LogNorm(), cmap="viridis")
@@ -110,8 +101,6 @@ def plot_observed_vs_expected(observed, expected, path: str | os.PathLike, title
     seed
         Seed of the random subset drawn when there are more than ``MAX_HISTOGRAM_ENTRIES`` entries.
     """
-    import numpy as np
-    import scipy.sparse as sp
 
     observed = np.asarray(observed.toarray() if sp.issparse(observed) else observed, dtype=float).ravel()
     expected = np.asarray(expected.toarray() if sp.issparse(expected) else expected, dtype=float).ravel()

@@ -8,16 +8,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot is imported: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.collections import EllipseCollection
 from matplotlib.patches import Patch
 
-from tissuemap.plotting.qc import _image_and_scale, _spot_radius
+from tissuemap.plotting.qc import image_and_scale, spot_radius
 
 # Each abundance map's colour scale ends at this quantile of its values, as in the cell2location tutorial
 # (vmax='p99.2'), so that a few extreme spots do not wash out the rest of the tissue.
@@ -72,10 +69,10 @@ class TissueView:
 
 def tissue_view(adata, library_id: str) -> TissueView:
     """The :class:`TissueView` of ``adata``'s spots (``obsm['spatial']``, ``uns['spatial'][library_id]``)."""
-    image, scale, _ = _image_and_scale(adata, library_id)
+    image, scale, _ = image_and_scale(adata, library_id)
     scalefactors = adata.uns.get("spatial", {}).get(library_id, {}).get("scalefactors", {})
     xy = np.asarray(adata.obsm["spatial"], dtype=float) * scale
-    radius = _spot_radius(xy, scalefactors, scale)
+    radius = spot_radius(xy, scalefactors, scale)
     margin = 3 * radius
     return TissueView(
         xy=xy,
