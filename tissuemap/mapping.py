@@ -7,11 +7,22 @@ The steps, each a plain function:
 2. :func:`setup_mapping` subsets every sample and the signatures to their shared genes, in one order, stacks the
    samples (one batch per slide, each batch's spots contiguous) and computes the prior mean detection d̂.
 3. :func:`fit_mapping` trains the mean-field guide: one full-data step per iteration, the whole data on the device,
-   no host synchronisation inside the loop except every :data:`PROGRESS_EVERY` steps (progress and NaN check).
+   no host synchronisation inside the loop except every :data:`PROGRESS_EVERY` steps (progress and NaN check) and at
+   checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted fit continues with the same numbers.
 4. :func:`export_mapping` writes each sample's posterior into an AnnData, in the cell2location package's naming, with
    exact log-normal summaries of the guide (no posterior sampling).
 
 :func:`write_mapping_outputs` writes the files of the ``tissuemap map`` command.
+
+Reproducibility: the only randomness of a fit is the guide's noise, drawn from a ``torch.Generator`` seeded with
+``seed`` (the guide starts deterministically at the prior means). On a CPU, the same seed, data, options, torch
+version and thread count give bitwise-equal outputs, also when a run is interrupted and continued with ``--resume``
+(the checkpoint holds the generator's state). On a GPU, repeated runs are expected to agree to about 1e-6 relative
+per step, not bit for bit, and the small differences can grow over thousands of steps (posterior summaries then agree
+to roughly 1e-3 relative): the objective adds each observed count once (its scatter-adds never hit an index twice, so
+no atomics race), but cuBLAS may choose matrix-product algorithms whose reductions run in another order, the objective
+is compiled with ``torch.compile`` on a GPU (fused reductions, checked against the plain objective to 1e-3), and
+``torch.use_deterministic_algorithms`` is not switched on for mapping. CPU and GPU results differ at the same level.
 """
 
 from __future__ import annotations
@@ -385,6 +396,7 @@ def fit_mapping(
     cuda_graph: bool = True,
     compile_objective: bool | None = None,
     progress: bool = True,
+    checkpoint=None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of ClippedAdam.
 
@@ -397,7 +409,8 @@ def fit_mapping(
     lr
         Adam learning rate.
     seed
-        Seed of the guide's noise: the same seed, input and device give the same numbers.
+        Seed of the guide's noise: the same seed, input and device give the same numbers (bitwise on a CPU; see the
+        module's note on reproducibility for GPUs).
     cuda_graph
         On a GPU, capture one training step as a CUDA graph and replay it (falls back to plain steps if capture
         fails). Ignored on CPU.
@@ -407,11 +420,16 @@ def fit_mapping(
         that fails or disagrees with the plain one on a first evaluation is not used.
     progress
         Show a progress bar.
+    checkpoint
+        :class:`~tissuemap.checkpoint.Checkpointing`: save the fit's state every ``checkpoint.every`` steps and, with
+        ``checkpoint.resume``, continue from a saved one. A resumed fit gives the numbers of an uninterrupted one
+        (bitwise on a CPU).
 
     Raises
     ------
     InputError
-        If the options are out of range, or the ELBO becomes NaN (what to check is in the message).
+        If the options are out of range, the ELBO becomes NaN (what to check is in the message), or the checkpoint
+        to resume from was written for other inputs or settings.
     """
     import torch
     from tqdm.auto import tqdm
@@ -431,6 +449,9 @@ def fit_mapping(
     negative_elbo, compiled = objective.negative_elbo, False
     if compile_objective if compile_objective is not None else device.type == "cuda":
         negative_elbo, compiled = _checked_compile(negative_elbo, parameters)
+    checkpoint_key = _checkpoint_key(setup, max_epochs, lr, seed) if checkpoint is not None else None
+    saved = checkpoint.load(checkpoint_key) if checkpoint is not None else None
+    first_step = _restore(saved, parameters, optimizer, generator, losses) if saved is not None else 0
 
     def train_step():
         loss = negative_elbo(parameters, eps)
@@ -439,9 +460,9 @@ def fit_mapping(
         return loss.detach()
 
     use_graph = cuda_graph and device.type == "cuda"
-    step_fn, steps_done = train_step, 0
+    step_fn, steps_done = train_step, first_step
     if use_graph:
-        step_fn, steps_done = _capture_cuda_graph(train_step, eps, generator, losses, max_epochs)
+        step_fn, steps_done = _capture_cuda_graph(train_step, eps, generator, losses, first_step, max_epochs)
         use_graph = step_fn is not train_step
     setup_seconds = time.perf_counter() - started
 
@@ -458,6 +479,8 @@ def fit_mapping(
                 raise InputError(_nan_message(first_bad))
             bar.update(step + 1 - bar.n)
             bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
+        if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
+            checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -472,6 +495,47 @@ def fit_mapping(
                 max_epochs, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
                 use_graph, loss[-1])
     return fit
+
+
+def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) -> str:
+    """Fingerprint of everything a fit's numbers depend on: the model's data, priors, options and device type."""
+    from tissuemap.checkpoint import fingerprint
+
+    data = setup.data
+    settings = {"model": "mapping", "max_epochs": max_epochs, "lr": lr, "seed": seed,
+                "device": data.counts.device.type, "priors": asdict(setup.priors)}
+    arrays = [data.counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
+              data.detection_mean]
+    return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
+
+
+def _training_state(step: int, parameters, optimizer: _ClippedAdam, generator, losses) -> dict:
+    """What the rest of a fit depends on after ``step`` steps, copied to the host."""
+    return {
+        "step": step,
+        "parameters": parameters.detach().cpu(),
+        "exp_avg": optimizer.exp_avg.cpu(),
+        "exp_avg_sq": optimizer.exp_avg_sq.cpu(),
+        "step_count": optimizer.step_count.cpu(),
+        "generator": generator.get_state(),
+        "losses": losses[:step].cpu(),
+    }
+
+
+def _restore(state: dict, parameters, optimizer: _ClippedAdam, generator, losses) -> int:
+    """Put a saved training state back in place (in-place copies: a CUDA graph captured later sees the same
+    tensors); returns the step to continue from."""
+    import torch
+
+    with torch.no_grad():
+        parameters.copy_(state["parameters"])
+    optimizer.exp_avg.copy_(state["exp_avg"])
+    optimizer.exp_avg_sq.copy_(state["exp_avg_sq"])
+    optimizer.step_count.copy_(state["step_count"])
+    generator.set_state(state["generator"])
+    step = int(state["step"])
+    losses[:step] = state["losses"].to(losses.device)
+    return step
 
 
 # relative difference between compiled and plain objective (loss and gradient) above which the compiled one is dropped
@@ -508,37 +572,38 @@ def _checked_compile(negative_elbo, parameters):
 WARMUP_STEPS = 3
 
 
-def _capture_cuda_graph(train_step, eps, generator, losses, max_epochs):
-    """Capture ``train_step`` as a CUDA graph after a few eager warm-up steps (their losses are recorded).
+def _capture_cuda_graph(train_step, eps, generator, losses, first_step, max_epochs):
+    """Capture ``train_step`` as a CUDA graph after a few eager warm-up steps from ``first_step`` (their losses
+    are recorded).
 
     Returns the function to call per step (replaying the graph into a static loss) and the number of steps already
     done; on any capture failure, logs why and returns ``train_step`` itself.
     """
     import torch
 
-    warmup = min(WARMUP_STEPS, max_epochs)
+    warmed_up = min(first_step + WARMUP_STEPS, max_epochs)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for step in range(warmup):
+        for step in range(first_step, warmed_up):
             eps.normal_(generator=generator)
             losses[step] = train_step()
     torch.cuda.current_stream().wait_stream(stream)
-    if warmup == max_epochs:
-        return train_step, warmup
+    if warmed_up == max_epochs:
+        return train_step, warmed_up
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
             static_loss = train_step()
     except RuntimeError as err:  # an op that cannot be captured: train without the graph
         logger.warning("CUDA graph capture failed (%s); training without it", str(err).splitlines()[0])
-        return train_step, warmup
+        return train_step, warmed_up
 
     def replay():
         graph.replay()
         return static_loss
 
-    return replay, warmup
+    return replay, warmed_up
 
 
 def _device_name(device) -> str:
@@ -692,6 +757,7 @@ class MappingResult:
     fit: MappingFit
     summaries: dict
     samples: dict  # sample name -> AnnData
+    checkpoint: object = None  # the fit's Checkpointing, if any: deleted once the outputs are written
 
 
 def map_samples(
@@ -706,12 +772,19 @@ def map_samples(
     expected_expression: bool = False,
     min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> MappingResult:
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
     Reads the inputs (:func:`read_spatial_sample`, :func:`read_signatures`), sets up the data
     (:func:`setup_mapping`), trains (:func:`fit_mapping`) and exports (:func:`export_mapping`); per-sample
     ``uns['tissuemap']`` values override ``n_cells_per_location`` and ``detection_alpha``.
+
+    With ``checkpoint_dir``, training saves its state every ``checkpoint_every`` steps to
+    ``checkpoint_dir/.NAME.map.ckpt.pt`` (NAME: the sample names joined by ``+``) and, with ``resume``, continues
+    from it (:func:`fit_mapping`); :func:`write_mapping_outputs` deletes it.
 
     Raises
     ------
@@ -729,13 +802,19 @@ def map_samples(
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
     setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
-    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        from tissuemap.checkpoint import Checkpointing
+
+        name = "+".join(sample.name for sample in setup.samples)
+        checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
+    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint)
     started = time.perf_counter()
     summaries = posterior_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)
     export_seconds = time.perf_counter() - started
     fit.seconds = {"read": read_seconds, "data_setup": setup.seconds, **fit.seconds, "export": export_seconds}
-    return MappingResult(setup, fit, summaries, exported)
+    return MappingResult(setup, fit, summaries, exported, checkpoint)
 
 
 # rows drawn for the observed-vs-expected figure: about this many entries in all
@@ -773,7 +852,7 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
     ``NAME.abundance.h5ad`` (:func:`export_mapping`), ``NAME.cell_abundance_q05.csv`` and
     ``NAME.cell_abundance_mean.csv`` (barcodes × cell types), ``NAME.mapping_history.json`` (:func:`history_record`),
     and the QC figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
-    ``NAME.mapping_cells_vs_counts.png`` and ``NAME.cell_abundance_spatial.png``.
+    ``NAME.mapping_cells_vs_counts.png`` and ``NAME.cell_abundance_spatial.png``; then deletes the fit's checkpoint.
     """
     from tissuemap.outputs import staged_outputs
     from tissuemap.plotting.mapping import plot_cell_abundance_spatial, plot_cells_vs_counts
@@ -805,4 +884,6 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
         for name in result.samples:
             history = json.dumps(history_record(result, name), indent=1)
             (staging / f"{name}.mapping_history.json").write_text(history + "\n")
+    if result.checkpoint is not None:
+        result.checkpoint.discard()
     logger.info("wrote the mapping of %s to %s", ", ".join(result.samples), outdir)

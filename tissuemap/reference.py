@@ -112,7 +112,7 @@ def read_reference(
             listed = ", ".join(f"{name!r} ({count})" for name, count in too_small.items())
             raise InputError(
                 f"{path}: cell types with fewer than {min_cells_per_type} cells in obs column {labels_key!r}: "
-                f"{listed}; merge or remove them, or lower the minimum"
+                f"{listed}; merge or remove them, or lower the minimum (--min-cells-per-type)"
             )
 
     logger.info(

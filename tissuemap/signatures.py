@@ -9,6 +9,12 @@ trains it and exports the posterior in the cell2location package's layout:
   ``{k}_per_cluster_mu_fg_{celltype}``;
 - ``adata.uns['mod']``: ``factor_names`` (cell types), ``batch_names``, ``covariate_level_names``, ``settings``
   and ``post_sample_{k}`` (every site's posterior summary, name -> array).
+
+Reproducibility: ``seed`` seeds Pyro's sampling (torch's global generator) and the minibatch order (a generator of
+its own); training runs under ``torch.use_deterministic_algorithms`` (warn only), which makes the gradients of the
+per-cell gathers add up in a fixed order. On a CPU the same seed, reference, options and thread count give bitwise
+equal signatures, also across an interruption and ``--resume``; on a GPU, runs are expected to agree to about 1e-6
+relative per step (cuBLAS reductions), not bit for bit.
 """
 
 from __future__ import annotations
@@ -221,11 +227,14 @@ def _deterministic_algorithms():
 
 
 def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size: int, lr: float, seed: int,
-             device) -> np.ndarray:
+             device, checkpoint=None, checkpoint_key: str = "") -> np.ndarray:
     """Minibatch SVI: each epoch visits every cell once in a seeded random order; returns -ELBO per epoch.
 
     The step losses stay on the device; they are read back only every ``STEPS_BETWEEN_CHECKS`` steps (whole
-    epochs) for the progress bar and the divergence check.
+    epochs) for the progress bar and the divergence check, and at checkpoints. ``checkpoint``
+    (:class:`~tissuemap.checkpoint.Checkpointing`, epochs between saves) saves the guide, the optimiser, the losses
+    and the random generators' states (Pyro's noise and the minibatch order), from which a resumed fit continues
+    with the numbers of an uninterrupted one.
     """
     import pyro
     import torch
@@ -243,7 +252,10 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
             tqdm(total=max_epochs, desc="signatures", unit="epoch") as progress:
         guide(*minibatch(torch.arange(batch_size, device=device)))  # creates the guide's parameters
         optimiser = torch.optim.Adam(guide.parameters(), lr=lr)
-        for epoch in range(max_epochs):
+        saved = checkpoint.load(checkpoint_key) if checkpoint is not None else None
+        first_epoch = _restore_svi(saved, guide, optimiser, batch_order, step_losses) if saved is not None else 0
+        progress.update(first_epoch)
+        for epoch in range(first_epoch, max_epochs):
             order = torch.randperm(n_cells, generator=batch_order, device=device)
             for step, cell_ids in enumerate(order.split(batch_size)):
                 loss = negative_elbo(module.model, guide, *minibatch(cell_ids))
@@ -263,11 +275,44 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
                     )
                 progress.update(epoch + 1 - progress.n)
                 progress.set_postfix(loss=f"{epoch_losses[-1]:.4g}")
+            if checkpoint is not None and checkpoint.due(epoch + 1, max_epochs):
+                checkpoint.save(_svi_state(epoch + 1, guide, optimiser, batch_order, step_losses), checkpoint_key)
     return epoch_losses
 
 
+def _svi_state(epoch: int, guide, optimiser, batch_order, step_losses) -> dict:
+    """What the rest of the fit depends on after ``epoch`` epochs (the global torch generator drives Pyro's
+    sampling, ``batch_order`` the minibatches)."""
+    import torch
+
+    return {
+        "step": epoch,
+        "guide": guide.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "batch_order": batch_order.get_state(),
+        "step_losses": step_losses[:epoch].cpu(),
+    }
+
+
+def _restore_svi(state: dict, guide, optimiser, batch_order, step_losses) -> int:
+    """Put a saved state back (see :func:`_svi_state`); returns the epoch to continue from."""
+    import torch
+
+    guide.load_state_dict(state["guide"])
+    optimiser.load_state_dict(state["optimiser"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    batch_order.set_state(state["batch_order"])
+    epoch = int(state["step"])
+    step_losses[:epoch] = state["step_losses"].to(step_losses.device)
+    return epoch
+
+
 def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_size: int, lr: float, seed: int,
-                      device, count_storage: str) -> tuple[dict, dict]:
+                      device, count_storage: str, checkpoint=None) -> tuple[dict, dict]:
     """Fit the regression; returns (posterior summaries as numpy arrays, training record)."""
     import pyro
     import torch
@@ -316,7 +361,15 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
     # parameters kept in the guide itself, not Pyro's global store: a second fit in the same process starts afresh
     with pyro.settings.context(module_local_params=True):
         guide = build_guide(module, averages)
-        epoch_losses = _run_svi(module, guide, minibatch, n_cells, max_epochs, batch_size, lr, seed, device)
+        key = ""
+        if checkpoint is not None:
+            from tissuemap.checkpoint import fingerprint
+
+            settings = {"model": "signatures", "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr,
+                        "seed": seed, "device": device.type, "count_storage": counts.storage}
+            key = fingerprint(settings, [csr.data, csr.indices, csr.indptr, group_of_cell, group_table])
+        epoch_losses = _run_svi(module, guide, minibatch, n_cells, max_epochs, batch_size, lr, seed, device,
+                                checkpoint, key)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         training_seconds = time.perf_counter() - started
@@ -353,6 +406,7 @@ def estimate_signatures(
     device: str = "auto",
     seed: int = 0,
     count_storage: str = "auto",
+    checkpoint=None,
 ) -> dict:
     """Estimate each cell type's expression signature from an annotated single-cell reference.
 
@@ -381,6 +435,9 @@ def estimate_signatures(
         Seeds Pyro, torch and the minibatch order: the same seed, input and device give the same signatures.
     count_storage
         ``"auto"``, ``"dense"`` or ``"sparse"``: how the counts are held on the device (see :class:`DeviceCounts`).
+    checkpoint
+        :class:`~tissuemap.checkpoint.Checkpointing` (``every`` in epochs) for ``nb``: save the fit's state and, with
+        ``resume``, continue from it; a resumed fit gives the signatures of an uninterrupted one (bitwise on a CPU).
 
     Returns
     -------
@@ -422,7 +479,7 @@ def estimate_signatures(
 
         torch_device = resolve_device(device)
         posterior, training = _train_regression(adata, design, max_epochs, batch_size, lr, seed, torch_device,
-                                                count_storage)
+                                                count_storage, checkpoint)
         summaries = {stat: posterior[SIGNATURE_SITE][stat].T for stat in SUMMARY_STATS}
         record.update(training, device=str(torch_device))
         for stat in SUMMARY_STATS:

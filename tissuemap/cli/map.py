@@ -37,6 +37,12 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               "NAME.abundance.h5ad.")
 @click.option("--min-shared-genes", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Fewest genes the samples and the signatures must share.")
+@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Save the training state to OUTDIR/.NAME.map.ckpt.pt every this many steps (0: never); it is "
+              "deleted once the outputs are written.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoint (same inputs and options; a fresh start when "
+              "there is none). CPU results equal those of an uninterrupted run bit for bit.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def map_command(
     spatial: tuple[Path, ...],
@@ -50,6 +56,8 @@ def map_command(
     seed: int,
     expected_expression: bool,
     min_shared_genes: int,
+    checkpoint_every: int,
+    resume: bool,
     outdir: Path,
 ) -> None:
     """Estimate how many cells of each reference type are in every spot (cell2location model, Pyro).
@@ -58,10 +66,13 @@ def map_command(
     NAME.cell_abundance_q05.csv, NAME.cell_abundance_mean.csv, NAME.mapping_history.json and QC figures.
     """
     from tissuemap.mapping import map_samples, write_mapping_outputs
+    from tissuemap.outputs import prepare_outdir
 
+    prepare_outdir(outdir)  # an unwritable folder is an error now, not after hours of training
     result = map_samples(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
         detection_alpha=detection_alpha, max_epochs=max_epochs, lr=lr, device=device, seed=seed,
         expected_expression=expected_expression, min_shared_genes=min_shared_genes,
+        checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume,
     )
     write_mapping_outputs(result, outdir)

@@ -38,6 +38,12 @@ def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--min-cells-per-type", default=10, show_default=True, type=click.IntRange(min=1),
               help="Cell types with fewer cells are an error (merge or remove them, or lower this).")
 @click.option("--layer", default=None, help="Layer of the reference holding the raw counts  [default: X]")
+@click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(min=0),
+              help="Save the training state to OUTDIR/.reference.signatures.ckpt.pt every this many epochs (0: never); "
+              "it is deleted once the outputs are written.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoint (same inputs and options; a fresh start when "
+              "there is none). CPU results equal those of an uninterrupted run bit for bit.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def signatures(
     reference_path: Path,
@@ -52,6 +58,8 @@ def signatures(
     seed: int,
     min_cells_per_type: int,
     layer: str | None,
+    checkpoint_every: int,
+    resume: bool,
     outdir: Path,
 ) -> None:
     """Estimate every cell type's expression signature from a single-cell reference.
@@ -63,21 +71,25 @@ def signatures(
     reference.signatures_obs_vs_expected.png, plus for nb reference.signatures_elbo.png and
     reference.signatures_vs_average.png.
     """
+    from tissuemap.checkpoint import Checkpointing
     from tissuemap.log import logger
-    from tissuemap.outputs import staged_outputs
+    from tissuemap.outputs import prepare_outdir, staged_outputs
     from tissuemap.reference import read_reference
     from tissuemap.signatures import estimate_signatures, write_signature_outputs
 
+    prepare_outdir(outdir)  # an unwritable folder is an error now, not after training
+    checkpoint = Checkpointing(outdir / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every, resume)
     reference = read_reference(reference_path, labels_key, batch_key=batch_key, covariate_keys=covariate_keys,
                                layer=layer, min_cells_per_type=min_cells_per_type)
     record = estimate_signatures(
         reference, labels_key, batch_key=batch_key, covariate_keys=covariate_keys, method=method,
-        max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
+        max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, checkpoint=checkpoint,
     )
     reading = {"reference": str(reference_path), "layer": layer, "min_cells_per_type": min_cells_per_type}
     record["settings"].update(reading)
     reference.uns["mod"]["settings"].update({key: value for key, value in reading.items() if value is not None})
     with staged_outputs(outdir) as staging:
         write_signature_outputs(reference, record, staging, OUTPUT_PREFIX)
+    checkpoint.discard()
     logger.info("Wrote signatures of %d cell types x %d genes to %s", record["n_types"], record["n_genes"],
                 outdir / "signatures.csv")

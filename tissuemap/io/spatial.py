@@ -93,6 +93,11 @@ def _name_genes(adata, path: Path) -> None:
     symbol_column = next((column for column in SYMBOL_COLUMNS if column in adata.var), None)
     id_column = next((column for column in GENE_ID_COLUMNS if column in adata.var), None)
     if symbol_column is None and id_column is None:
+        if np.array_equal(adata.var_names.to_numpy(dtype=str), np.arange(adata.n_vars).astype(str)):
+            raise InputError(
+                f"{path}: var_names are 0..{adata.n_vars - 1}, not gene names, and var has no gene symbol or id "
+                f"column ({', '.join(SYMBOL_COLUMNS + GENE_ID_COLUMNS)}); store gene symbols or Ensembl ids in one"
+            )
         logger.warning("%s: no gene symbol or gene id column in var; var_names serve as both", path)
     # without a symbol column, var_names are the symbols (as scanpy's read_10x_h5 writes them)
     symbols = adata.var[symbol_column] if symbol_column is not None else adata.var_names
