@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tissuemap.cli.options import checkpoint_options
 from tissuemap.models.device import DEVICE_CHOICES
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -37,12 +38,7 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               "NAME.abundance.h5ad.")
 @click.option("--min-shared-genes", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Fewest genes the samples and the signatures must share.")
-@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Save the training state to OUTDIR/.NAME.map.ckpt.pt every this many steps (0: never); it is "
-              "deleted once the outputs are written.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from its checkpoint (same inputs and options; a fresh start when "
-              "there is none). CPU results equal those of an uninterrupted run bit for bit.")
+@checkpoint_options(1000, "steps", ".NAME.map.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def map_command(
     spatial: tuple[Path, ...],

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tissuemap.cli.options import checkpoint_options
+
 OUTPUT_PREFIX = "reference"
 
 
@@ -38,12 +40,7 @@ def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--min-cells-per-type", default=10, show_default=True, type=click.IntRange(min=1),
               help="Cell types with fewer cells are an error (merge or remove them, or lower this).")
 @click.option("--layer", default=None, help="Layer of the reference holding the raw counts  [default: X]")
-@click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(min=0),
-              help="Save the training state to OUTDIR/.reference.signatures.ckpt.pt every this many epochs (0: never); "
-              "it is deleted once the outputs are written.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from its checkpoint (same inputs and options; a fresh start when "
-              "there is none). CPU results equal those of an uninterrupted run bit for bit.")
+@checkpoint_options(25, "epochs", ".reference.signatures.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def signatures(
     reference_path: Path,
