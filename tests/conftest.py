@@ -13,3 +13,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} not found: the tests need the shared data folder beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train on one CPU thread: small problems gain nothing from more, and when other jobs share the runner's cores,
+    OpenMP threads waiting for each other at every operation make a step up to 50 times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_reference_adata():
+    """60 cells x 30 genes of negative binomial counts in 3 types (``obs['cell_type']``) and 2 batches (``batch``)."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    profiles = rng.gamma(1.0, 4.0, size=(3, 30))
+    types = np.repeat(np.arange(3), 20)
+    counts = rng.poisson(rng.gamma(5.0, profiles[types] / 5.0)).astype(np.float32)
+    obs = pd.DataFrame({"cell_type": [f"type{t}" for t in types], "batch": np.tile(["b1", "b2"], 30)},
+                       index=[f"cell{i}" for i in range(60)])
+    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(30)]))

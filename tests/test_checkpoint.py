@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
+from conftest import small_reference_adata
 
 from tissuemap.checkpoint import Checkpointing
 from tissuemap.cli import main
@@ -24,13 +25,7 @@ from tissuemap.signatures import estimate_signatures
 N_GENES, N_TYPES = 40, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: small problems gain nothing from more on a shared runner (see test_mapping.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +117,8 @@ def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp
 
 @pytest.fixture
 def small_reference():
-    """60 cells x 30 genes of negative binomial counts in 3 types and 2 batches."""
-    rng = np.random.default_rng(0)
-    profiles = rng.gamma(1.0, 4.0, size=(3, 30))
-    types = np.repeat(np.arange(3), 20)
-    counts = rng.poisson(rng.gamma(5.0, profiles[types] / 5.0)).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": [f"type{t}" for t in types], "batch": np.tile(["b1", "b2"], 30)},
-                       index=[f"cell{i}" for i in range(60)])
-    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(30)]))
+    """60 cells x 30 genes in 3 types and 2 batches."""
+    return small_reference_adata()
 
 
 def fit_signatures(adata, seed=0, checkpoint=None):

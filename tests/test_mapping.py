@@ -48,14 +48,7 @@ THINNING = 0.5
 FIGURES = ("mapping_elbo", "mapping_observed_vs_expected", "mapping_cells_vs_counts", "cell_abundance_spatial")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run on one CPU thread: these small problems gain nothing from more, and when other jobs share the runner's
-    cores, OpenMP threads waiting for each other at every operation make a step up to 50 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

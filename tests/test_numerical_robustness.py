@@ -20,13 +20,7 @@ from tissuemap.mapping import (
 N_SPOTS, N_GENES, N_TYPES = 60, 50, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: small problems gain nothing from more on a shared runner (see test_mapping.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
+from conftest import small_reference_adata
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
@@ -57,16 +58,8 @@ def unconfounded(tmp_path_factory):
 def small_reference(tmp_path):
     """60 cells x 30 genes of negative binomial counts in 3 types and 2 batches, written as an h5ad; returns a
     function that writes it (optionally altered) and gives the path."""
-    rng = np.random.default_rng(0)
-    profiles = rng.gamma(1.0, 4.0, size=(3, 30))
-    types = np.repeat(np.arange(3), 20)
-    counts = rng.poisson(rng.gamma(5.0, profiles[types] / 5.0)).astype(np.float32)
-    obs = pd.DataFrame({"cell_type": [f"type{t}" for t in types], "batch": np.tile(["b1", "b2"], 30)},
-                       index=[f"cell{i}" for i in range(60)])
-    var = pd.DataFrame(index=[f"gene{g}" for g in range(30)])
-
     def write(alter=None):
-        adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs.copy(), var=var.copy())
+        adata = small_reference_adata()
         if alter is not None:
             alter(adata)
         path = tmp_path / "small.h5ad"
