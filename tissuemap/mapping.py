@@ -48,9 +48,6 @@ DEFAULT_DETECTION_ALPHA = 20.0
 DEFAULT_MAX_EPOCHS = 30_000
 DEFAULT_LR = 0.002
 DEFAULT_MIN_SHARED_GENES = 1000
-CLIP_NORM = 200.0  # the package's ClippedAdam: every gradient entry clamped to ±200
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 PROGRESS_EVERY = 100  # steps between progress-bar updates and NaN checks (the only host synchronisations)
 SUMMARIES = ("means", "stds", "q05", "q95")
 # sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
@@ -356,31 +353,6 @@ class MappingFit:
         return self.timed_steps / self.seconds["training"] if self.seconds.get("training") else float("nan")
 
 
-class _ClippedAdam:
-    """Pyro's ``ClippedAdam`` (the package's optimiser) for one tensor, with its step count on the device, so that
-    a captured CUDA graph replays the bias corrections correctly."""
-
-    def __init__(self, parameters, lr: float, clip: float = CLIP_NORM, betas=ADAM_BETAS, eps: float = ADAM_EPS):
-        import torch
-
-        self.parameters, self.lr, self.clip, self.betas, self.eps = parameters, lr, clip, betas, eps
-        self.exp_avg = torch.zeros_like(parameters)
-        self.exp_avg_sq = torch.zeros_like(parameters)
-        self.step_count = torch.zeros((), dtype=parameters.dtype, device=parameters.device)
-
-    def step(self, grad) -> None:
-        import torch
-
-        beta1, beta2 = self.betas
-        grad = grad.clamp(-self.clip, self.clip)
-        self.step_count += 1
-        self.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = self.lr * torch.sqrt(1 - beta2**self.step_count) / (1 - beta1**self.step_count)
-        with torch.no_grad():
-            self.parameters.sub_(self.exp_avg / (self.exp_avg_sq.sqrt() + self.eps) * step_size)
-
-
 def _nan_message(step: int) -> str:
     return (
         f"training diverged (the ELBO became NaN or infinite at step {step}); check that the reference signatures "
@@ -398,7 +370,11 @@ def fit_mapping(
     progress: bool = True,
     checkpoint=None,
 ) -> MappingFit:
-    """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of ClippedAdam.
+    """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam.
+
+    The optimiser is torch's Adam with its defaults, which is what the package trains with (scvi-tools'
+    ``PyroTrainingPlan`` builds ``pyro.optim.Adam(lr)``, a torch Adam, whatever the package's docstrings say of
+    ``ClippedAdam``): the same data, signatures and seed-free settings follow the package's path.
 
     Parameters
     ----------
@@ -442,7 +418,8 @@ def fit_mapping(
     device = data.counts.device
     objective = MappingObjective(data, setup.priors)
     parameters = initial_guide_parameters(data, setup.priors).requires_grad_()
-    optimizer = _ClippedAdam(parameters, lr)
+    # capturable: the step count stays on the GPU, so that a replayed CUDA graph advances the bias corrections
+    optimizer = torch.optim.Adam([parameters], lr=lr, capturable=device.type == "cuda")
     generator = torch.Generator(device=device).manual_seed(seed)
     eps = torch.empty(parameters.shape[1], dtype=parameters.dtype, device=device)
     losses = torch.empty(max_epochs, dtype=parameters.dtype, device=device)
@@ -455,8 +432,8 @@ def fit_mapping(
 
     def train_step():
         loss = negative_elbo(parameters, eps)
-        (grad,) = torch.autograd.grad(loss, [parameters])
-        optimizer.step(grad)
+        (parameters.grad,) = torch.autograd.grad(loss, [parameters])
+        optimizer.step()
         return loss.detach()
 
     use_graph = cuda_graph and device.type == "cuda"
@@ -509,29 +486,25 @@ def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) 
     return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
 
 
-def _training_state(step: int, parameters, optimizer: _ClippedAdam, generator, losses) -> dict:
-    """What the rest of a fit depends on after ``step`` steps, copied to the host."""
+def _training_state(step: int, parameters, optimizer, generator, losses) -> dict:
+    """What the rest of a fit depends on after ``step`` steps (saved at once: on a CPU these are live tensors)."""
     return {
         "step": step,
         "parameters": parameters.detach().cpu(),
-        "exp_avg": optimizer.exp_avg.cpu(),
-        "exp_avg_sq": optimizer.exp_avg_sq.cpu(),
-        "step_count": optimizer.step_count.cpu(),
+        "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "losses": losses[:step].cpu(),
     }
 
 
-def _restore(state: dict, parameters, optimizer: _ClippedAdam, generator, losses) -> int:
+def _restore(state: dict, parameters, optimizer, generator, losses) -> int:
     """Put a saved training state back in place (in-place copies: a CUDA graph captured later sees the same
     tensors); returns the step to continue from."""
     import torch
 
     with torch.no_grad():
         parameters.copy_(state["parameters"])
-    optimizer.exp_avg.copy_(state["exp_avg"])
-    optimizer.exp_avg_sq.copy_(state["exp_avg_sq"])
-    optimizer.step_count.copy_(state["step_count"])
+    optimizer.load_state_dict(state["optimizer"])  # its tensors go to the parameters' device
     generator.set_state(state["generator"])
     step = int(state["step"])
     losses[:step] = state["losses"].to(losses.device)
