@@ -16,11 +16,13 @@ from conftest import small_reference_adata
 from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.models.regression import (
+    HISTOGRAM_MAX_COUNT,
     SIGNATURE_INIT_OFFSET,
     CellGroups,
     GroupedNegativeBinomial,
     RegressionModule,
     build_guide,
+    cell_count_terms,
     negative_elbo,
 )
 from tissuemap.signatures import estimate_signatures, signature_table
@@ -135,8 +137,12 @@ def test_grouped_likelihood_is_the_sum_of_every_counts_gamma_poisson_log_density
     group_mean = torch.as_tensor(rng.gamma(1.0, 5.0, (4, 11)), dtype=torch.float64)
     shape = torch.as_tensor(rng.gamma(2.0, 2.0, (1, 11)), dtype=torch.float64)
     group_ids = torch.as_tensor(rng.integers(0, 3, 17))  # group 3 has no cell
-    counts = torch.as_tensor(rng.poisson(5.0, (17, 11)), dtype=torch.float64)
-    ours = GroupedNegativeBinomial(group_mean, shape, group_ids, torch.lgamma(counts + 1).sum(-1)).log_prob(counts)
+    # counts on both sides of the histogram's top value, up to hundreds
+    counts = torch.as_tensor(rng.poisson(rng.gamma(0.5, 60.0, (1, 11)), (17, 11)), dtype=torch.float64)
+    counts[0, :3] = torch.tensor([HISTOGRAM_MAX_COUNT - 1, HISTOGRAM_MAX_COUNT, HISTOGRAM_MAX_COUNT + 1])
+    assert (counts > HISTOGRAM_MAX_COUNT).sum() > 5 and (counts == 0).any()
+    count_terms = cell_count_terms(sp.csr_matrix(counts.numpy()), dtype=torch.float64)
+    ours = GroupedNegativeBinomial(group_mean, shape, group_ids, count_terms).log_prob(counts)
     mean = group_mean[group_ids]
     torch.testing.assert_close(ours, pyro.distributions.GammaPoisson(shape, shape / mean).log_prob(counts).sum())
 
@@ -152,7 +158,7 @@ def _tiny_module():
     groups = CellGroups(types=torch.arange(6) % 3, batches=torch.arange(6) // 3, levels=(torch.arange(6) // 3)[:, None])
     group_of_cell = type_ids + 3 * (torch.arange(n_cells) % 2)
     cells = torch.arange(10, 30)
-    args = (counts[cells], group_of_cell[cells], torch.lgamma(counts[cells] + 1).sum(-1), groups)
+    args = (counts[cells], group_of_cell[cells], cell_count_terms(sp.csr_matrix(counts[cells].numpy())), groups)
     return module, averages, args
 
 

@@ -316,9 +316,14 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
     """Fit the regression; returns (posterior summaries as numpy arrays, training record)."""
     import pyro
     import torch
-    from scipy.special import gammaln
 
-    from tissuemap.models.regression import CellGroups, RegressionModule, build_guide, posterior_summaries
+    from tissuemap.models.regression import (
+        CellGroups,
+        RegressionModule,
+        build_guide,
+        cell_count_terms,
+        posterior_summaries,
+    )
 
     started = time.perf_counter()
     pyro.set_rng_seed(seed)
@@ -328,9 +333,7 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
         csr.sum_duplicates()
     counts = DeviceCounts(csr, device, count_storage)
     n_cells, n_genes = counts.n_cells, counts.n_genes
-    per_cell_log_factorial = np.bincount(
-        np.repeat(np.arange(n_cells), np.diff(csr.indptr)), weights=gammaln(csr.data + 1.0), minlength=n_cells
-    )
+    count_terms = cell_count_terms(csr, device)
 
     def on_device(array, dtype):
         return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
@@ -340,11 +343,10 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
                         batches=on_device(group_table[:, 1], torch.long),
                         levels=on_device(group_table[:, 2:], torch.long))
     group_ids = on_device(group_of_cell, torch.long)
-    log_factorial = on_device(per_cell_log_factorial, torch.float32)
     averages = on_device(type_average_counts(csr, design.type_ids, len(design.cell_types)), torch.float32)
 
     def minibatch(cell_ids):
-        return counts.rows(cell_ids), group_ids[cell_ids], log_factorial[cell_ids], groups
+        return counts.rows(cell_ids), group_ids[cell_ids], count_terms.rows(cell_ids), groups
 
     batch_size = min(batch_size, n_cells)
     steps_per_epoch = math.ceil(n_cells / batch_size)
