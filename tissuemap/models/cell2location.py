@@ -366,40 +366,54 @@ class MappingObjective:
         if block_rows is None:
             entries = GPU_BLOCK_ENTRIES if data.counts.device.type == "cuda" else CPU_BLOCK_ENTRIES
             block_rows = max(1, entries // data.n_genes)
-        rows, genes = torch.nonzero(data.counts, as_tuple=True)  # row-major order
-        values = data.counts[rows, genes]
         starts = [first for start, end in bounds for first in range(start, end, block_rows)]
         ends = [min(first + block_rows, end) for start, end in bounds for first in range(start, end, block_rows)]
         batches = [batch for batch, (start, end) in enumerate(bounds) for _ in range(start, end, block_rows)]
-        first_entry = torch.searchsorted(rows, torch.tensor(starts + ends[-1:], device=rows.device)).tolist()
-        self.blocks = [
-            CountBlock(start, end, batch, values[lo:hi], (rows[lo:hi] - start) * data.n_genes + genes[lo:hi])
-            for start, end, batch, lo, hi in zip(starts, ends, batches, first_entry, first_entry[1:])
-        ]
-        self._setup_count_histogram(rows, genes, values)
+        self.cutoff = self._histogram_cutoff(zip(starts, ends))
+        self._setup_blocks(starts, ends, batches)
         self._setup_constant_priors()
 
-    def _setup_count_histogram(self, rows: torch.Tensor, genes: torch.Tensor, values: torch.Tensor) -> None:
-        """Tables for Σ_s log Γ(x+α) − log Γ(α) = Σ_j #(x > j) log(α + j) per batch and gene.
+    def _histogram_cutoff(self, row_ranges) -> int:
+        """K of :meth:`_setup_blocks`: the smallest count value (1 to :data:`MAX_HISTOGRAM_COUNT`) exceeded by at
+        most E·G entries."""
+        counts = self.data.counts
+        top = MAX_HISTOGRAM_COUNT + 1
+        frequency = torch.zeros(top + 1, dtype=torch.long, device=counts.device)
+        for start, end in row_ranges:
+            frequency += torch.bincount(counts[start:end].clamp(max=top).long().view(-1), minlength=top + 1)
+        exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
+        allowed = self.data.n_batches * self.data.n_genes
+        return next((k for k in range(1, MAX_HISTOGRAM_COUNT) if exceeding[k] <= allowed), MAX_HISTOGRAM_COUNT)
 
-        ``exceedance[e, j, g]`` counts batch e's locations with x_sg > j, for j below a cutoff K chosen so that at
-        most E·G entries exceed it (at most :data:`MAX_HISTOGRAM_COUNT`); those rare large counts get
-        log Γ(x+α) − log Γ(K+α) each.
+    def _setup_blocks(self, starts: list[int], ends: list[int], batches: list[int]) -> None:
+        """The non-zero counts of every block (:class:`CountBlock`), and the tables for Σ_s log Γ(x+α) − log Γ(α) =
+        Σ_j #(x > j) log(α + j) per batch and gene, one block at a time (no whole-data temporary).
+
+        ``exceedance[e, j, g]`` counts batch e's locations with x_sg > j, for j below the cutoff K
+        (:meth:`_histogram_cutoff`); the rare larger counts get log Γ(x+α) − log Γ(K+α) each.
         """
-        E, G = self.data.n_batches, self.data.n_genes
-        batch = self.batch_index[rows]
-        n_table = E * G
-        cutoff = int(torch.topk(values, n_table + 1).values[-1]) if values.numel() > n_table else 1
-        cutoff = max(1, min(cutoff, MAX_HISTOGRAM_COUNT))
-        clipped = values.clamp(max=cutoff).long()
-        # histogram[e, v - 1, g]: entries of batch e and gene g with min(x, K) == v
-        histogram = torch.bincount((batch * cutoff + clipped - 1) * G + genes, minlength=E * cutoff * G)
-        self.exceedance = histogram.reshape(E, cutoff, G).flip(1).cumsum(1).flip(1).to(values.dtype)
-        self.count_steps = torch.arange(cutoff, dtype=values.dtype, device=values.device).reshape(1, cutoff, 1)
-        large = values > cutoff
-        self.large_values, self.large_batch, self.large_gene = values[large], batch[large], genes[large]
-        self.cutoff = cutoff
-        self.log_factorial_total = float(torch.lgamma(values.double() + 1).sum())
+        counts, E, G, K = self.data.counts, self.data.n_batches, self.data.n_genes, self.cutoff
+        histogram = torch.zeros(E * K * G, dtype=torch.long, device=counts.device)
+        large_values, large_batch, large_gene = [], [], []
+        self.blocks, self.log_factorial_total = [], 0.0
+        for start, end, batch in zip(starts, ends, batches):
+            block = counts[start:end].reshape(-1)
+            flat_index = torch.nonzero(block).squeeze(1)  # row-major: row * G + gene, rows counted from start
+            values = block[flat_index]
+            self.blocks.append(CountBlock(start, end, batch, values, flat_index))
+            genes = flat_index % G
+            # histogram[e, v - 1, g]: entries of batch e and gene g with min(x, K) == v
+            histogram += torch.bincount((batch * K + values.clamp(max=K).long() - 1) * G + genes, minlength=E * K * G)
+            large = values > K
+            large_values.append(values[large])
+            large_gene.append(genes[large])
+            large_batch.append(torch.full_like(large_gene[-1], batch))
+            self.log_factorial_total += float(torch.lgamma(values.double() + 1).sum())
+        self.exceedance = histogram.reshape(E, K, G).flip(1).cumsum(1).flip(1).to(counts.dtype)
+        self.count_steps = torch.arange(K, dtype=counts.dtype, device=counts.device).reshape(1, K, 1)
+        self.large_values, self.large_batch, self.large_gene = (
+            torch.cat(parts) for parts in (large_values, large_batch, large_gene)
+        )
 
     def _setup_constant_priors(self) -> None:
         """Shape and rate of the sites whose priors do not depend on other sites, at their sites' shapes, once."""
