@@ -479,8 +479,9 @@ def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) 
     from tissuemap.checkpoint import fingerprint
 
     data = setup.data
-    settings = {"model": "mapping", "max_epochs": max_epochs, "lr": lr, "seed": seed,
-                "device": data.counts.device.type, "priors": asdict(setup.priors)}
+    # the optimiser names the state's layout: a checkpoint of an earlier optimiser does not match
+    settings = {"model": "mapping", "optimizer": "torch.optim.Adam", "max_epochs": max_epochs, "lr": lr,
+                "seed": seed, "device": data.counts.device.type, "priors": asdict(setup.priors)}
     arrays = [data.counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
               data.detection_mean]
     return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
