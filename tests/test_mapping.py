@@ -274,9 +274,11 @@ def test_training_steps_are_the_packages_pyro_adam(simulated):
     parameters = initial_guide_parameters(setup.data, setup.priors).requires_grad_()
     optimizer = pyro.optim.Adam({"lr": LR})
     generator = torch.Generator().manual_seed(7)
-    for _ in range(5):
+    for step in range(5):
         eps = torch.empty(parameters.shape[1]).normal_(generator=generator)
         (parameters.grad,) = torch.autograd.grad(objective.negative_elbo(parameters, eps), [parameters])
+        if step == 0:  # gradients beyond ClippedAdam's ±200: a clipped optimiser would take other steps
+            assert (parameters.grad.abs() > 200).any()
         optimizer([parameters])
     torch.testing.assert_close(fit.guide_parameters, parameters.detach(), rtol=0, atol=0)
 
