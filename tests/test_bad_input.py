@@ -19,11 +19,11 @@ LYMPH_NODE = "reference/lymph_node_330cells.h5ad"
 
 
 @pytest.fixture(scope="module")
-def inputs(shared_data, tmp_path_factory):
+def inputs(real_data, tmp_path_factory):
     """Good inputs to spoil: a Space Ranger outs/ folder, the same sample as .h5ad and QC'd, a signatures table of
     its genes, and a single-cell reference (human lymph node: another species than the mouse brain sample)."""
     folder = tmp_path_factory.mktemp("inputs")
-    shutil.copytree(shared_data / MOUSE_BRAIN, folder / "outs")
+    shutil.copytree(real_data / MOUSE_BRAIN, folder / "outs")
     sample = read_spatial_sample(folder / "outs", "brain")
     sample.write_h5ad(folder / "brain.h5ad")
     result = CliRunner().invoke(main, ["qc", "--sample", "brain", "--input", str(folder / "outs"),
@@ -127,9 +127,9 @@ CASES = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def lymph_node(shared_data, inputs):
+def lymph_node(real_data, inputs):
     """The lymph node reference, its first 300 genes (quicker to read), beside the other inputs."""
-    reference = ad.read_h5ad(shared_data / LYMPH_NODE)
+    reference = ad.read_h5ad(real_data / LYMPH_NODE)
     reference[:, :300].copy().write_h5ad(inputs.parent / "lymph_node.h5ad")
 
 

@@ -13,7 +13,7 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 from click.testing import CliRunner
-from conftest import SHARED_DATA
+from conftest import REAL_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from tissuemap.genes import (
     match_genes,
 )
 
-DATA = SHARED_DATA
+DATA = REAL_DATA
 LYMPH_NODE = DATA / "reference" / "lymph_node_330cells.h5ad"
 ISLETS = DATA / "reference" / "islets_500cells.h5ad"
 BREAST_H5 = DATA / "visium" / "breast_crop" / "filtered_feature_bc_matrix.h5"

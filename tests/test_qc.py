@@ -22,10 +22,10 @@ def run_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def qc_outputs(shared_data, tmp_path_factory):
+def qc_outputs(real_data, tmp_path_factory):
     """Both real samples QC'd by the command line into one folder (breast with mapping parameters given)."""
     outdir = tmp_path_factory.mktemp("qc")
-    visium = shared_data / "visium"
+    visium = real_data / "visium"
     breast = run_cli(
         "--sample", "breast", "--input", visium / "breast_crop", "--outdir", outdir,
         "--n-cells-per-location", 8, "--detection-alpha", 20, "--slide", "slide1",
@@ -48,9 +48,9 @@ def test_every_output_is_written(qc_outputs):
             assert (qc_outputs / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_mitochondrial_genes_move_to_obsm(qc_outputs, shared_data):
+def test_mitochondrial_genes_move_to_obsm(qc_outputs, real_data):
     adata, report = read_outputs(qc_outputs, "breast")
-    original = read_spaceranger(shared_data / "visium" / "breast_crop", "breast")
+    original = read_spaceranger(real_data / "visium" / "breast_crop", "breast")
     mt = original.var["SYMBOL"].str.startswith("MT-").to_numpy()
     assert mt.sum() == 13
     assert not adata.var["SYMBOL"].str.upper().str.startswith("MT-").any()
@@ -126,9 +126,9 @@ def test_run_qc_fails_when_no_spot_is_left():
         run_qc(small_sample(), "s1", min_counts=100)
 
 
-def test_bad_sample_name_and_missing_input_write_nothing(tmp_path, shared_data):
+def test_bad_sample_name_and_missing_input_write_nothing(tmp_path, real_data):
     outdir = tmp_path / "out"
-    result = run_cli("--sample", "a b", "--input", shared_data / "visium" / "breast_crop", "--outdir", outdir)
+    result = run_cli("--sample", "a b", "--input", real_data / "visium" / "breast_crop", "--outdir", outdir)
     assert result.exit_code == 1 and "--sample: 'a b' is not a valid sample name" in result.output
     result = run_cli("--sample", "s1", "--input", tmp_path / "nowhere", "--outdir", outdir)
     assert result.exit_code == 1
@@ -136,7 +136,7 @@ def test_bad_sample_name_and_missing_input_write_nothing(tmp_path, shared_data):
     assert not outdir.exists()
 
 
-def test_failure_while_writing_leaves_no_partial_output(tmp_path, shared_data, monkeypatch):
+def test_failure_while_writing_leaves_no_partial_output(tmp_path, real_data, monkeypatch):
     import tissuemap.plotting.qc
 
     def failing_plot(*args, **kwargs):
@@ -144,16 +144,16 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path, shared_data, m
 
     monkeypatch.setattr(tissuemap.plotting.qc, "plot_qc_spatial", failing_plot)
     outdir = tmp_path / "out"
-    brain = shared_data / "visium" / "mouse_brain_100genes"
+    brain = real_data / "visium" / "mouse_brain_100genes"
     result = run_cli("--sample", "brain", "--input", brain, "--outdir", outdir)
     assert result.exit_code == 1 and "plot failed" in result.output
     assert list(outdir.iterdir()) == []
 
 
-def test_too_high_threshold_is_a_user_error(tmp_path, shared_data):
+def test_too_high_threshold_is_a_user_error(tmp_path, real_data):
     outdir = tmp_path / "out"
     result = run_cli(
-        "--sample", "brain", "--input", shared_data / "visium" / "mouse_brain_100genes", "--outdir", outdir,
+        "--sample", "brain", "--input", real_data / "visium" / "mouse_brain_100genes", "--outdir", outdir,
         "--min-counts", 1000,
     )
     assert result.exit_code == 1 and "lower --min-counts" in result.output

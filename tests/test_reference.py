@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import SHARED_DATA
+from conftest import REAL_DATA
 
 from tissuemap.errors import InputError
 from tissuemap.reference import read_reference
 
-REFERENCES = SHARED_DATA / "reference"
+REFERENCES = REAL_DATA / "reference"
 LYMPH_NODE = REFERENCES / "lymph_node_330cells.h5ad"
 ISLETS = REFERENCES / "islets_500cells.h5ad"
 

@@ -31,21 +31,21 @@ def invoke(*args):
     return result
 
 
-def make_reference_folder(shared_data, folder):
+def make_reference_folder(real_data, folder):
     """``folder`` holding the outputs of filter-genes and signatures (--method mean) on the lymph node reference."""
-    invoke("filter-genes", "--reference", shared_data / "reference" / "lymph_node_330cells.h5ad",
+    invoke("filter-genes", "--reference", real_data / "reference" / "lymph_node_330cells.h5ad",
            "--labels-key", "cell_type", "--outdir", folder)
     invoke("signatures", "--reference", folder / "reference.filtered.h5ad", "--labels-key", "cell_type",
            "--method", "mean", "--outdir", folder)
     return folder
 
 
-def make_sample_folder(shared_data, reference_folder, folder, sample=SAMPLE):
+def make_sample_folder(real_data, reference_folder, folder, sample=SAMPLE):
     """``folder`` holding the outputs of qc and map (a few steps) for breast_crop, with the reference's signatures
     under the names of ``CELL_TYPES``."""
     signatures = pd.read_csv(reference_folder / "signatures.csv", index_col=0).rename(columns=RENAMED_TYPES)
     signatures.to_csv(folder.parent / f"{folder.name}_signatures.csv")
-    invoke("qc", "--sample", sample, "--input", shared_data / "visium" / "breast_crop", "--outdir", folder)
+    invoke("qc", "--sample", sample, "--input", real_data / "visium" / "breast_crop", "--outdir", folder)
     invoke("map", "--spatial", folder / f"{sample}.qc.h5ad", "--signatures", folder.parent / f"{folder.name}_signatures.csv",
            "--n-cells-per-location", 30, "--max-epochs", MAPPING_STEPS, "--outdir", folder)
     return folder
@@ -71,13 +71,13 @@ def assert_self_contained(page: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_folder(shared_data, tmp_path_factory):
-    return make_reference_folder(shared_data, tmp_path_factory.mktemp("reference"))
+def reference_folder(real_data, tmp_path_factory):
+    return make_reference_folder(real_data, tmp_path_factory.mktemp("reference"))
 
 
 @pytest.fixture(scope="module")
-def sample_folder(shared_data, reference_folder, tmp_path_factory):
-    return make_sample_folder(shared_data, reference_folder, tmp_path_factory.mktemp("sample"))
+def sample_folder(real_data, reference_folder, tmp_path_factory):
+    return make_sample_folder(real_data, reference_folder, tmp_path_factory.mktemp("sample"))
 
 
 @pytest.fixture(scope="module")

@@ -123,11 +123,11 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reports(shared_data, tmp_path_factory):
+def reports(real_data, tmp_path_factory):
     """The three reports, in the layout of `tissuemap run`."""
     results = tmp_path_factory.mktemp("results")
-    make_reference_folder(shared_data, results / "reference")
-    make_sample_folder(shared_data, results / "reference", results / SAMPLE)
+    make_reference_folder(real_data, results / "reference")
+    make_sample_folder(real_data, results / "reference", results / SAMPLE)
     invoke("report", "sample", "--sample", SAMPLE, "--input-dir", results / SAMPLE, "--outdir", results / SAMPLE)
     invoke("report", "reference", "--input-dir", results / "reference", "--outdir", results / "reference")
     invoke("report", "summary", "--input-dir", results, "--outdir", results)

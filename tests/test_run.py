@@ -17,10 +17,10 @@ REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_c
 
 
 @pytest.fixture
-def three_samples(shared_data, tmp_path):
+def three_samples(real_data, tmp_path):
     """A samplesheet of three samples (one Visium folder): a and b share slide s1; c has its own settings."""
     sheet = tmp_path / "samplesheet.csv"
-    outs = shared_data / "visium" / "breast_crop"
+    outs = real_data / "visium" / "breast_crop"
     sheet.write_text(
         "sample,spaceranger_dir,n_cells_per_location,detection_alpha,slide\n"
         f"a,{outs},,,s1\n"
@@ -158,12 +158,12 @@ def file_stats(results):
 
 
 @pytest.fixture(scope="module")
-def results(shared_data, tmp_path_factory):
+def results(real_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     sheet = folder / "samplesheet.csv"
-    outs = shared_data / "visium" / "breast_crop"
+    outs = real_data / "visium" / "breast_crop"
     sheet.write_text(f"sample,spaceranger_dir,n_cells_per_location\nbreast_a,{outs},\nbreast_b,{outs},20\n")
-    run_pipeline("--input", sheet, "--reference", shared_data / "reference" / "lymph_node_330cells.h5ad",
+    run_pipeline("--input", sheet, "--reference", real_data / "reference" / "lymph_node_330cells.h5ad",
                  "--labels-key", "cell_type", "--n-cells-per-location", 30, "--regression-epochs", 2,
                  "--mapping-epochs", 3, "--mapping-mode", "joint", "--seed", 1, "--outdir", folder / "results")
     return folder / "results"
@@ -248,9 +248,9 @@ def test_pipeline_info_records_parameters_versions_and_steps(results):
     assert "breast_b/breast_b.abundance.h5ad" in mapping["outputs"]
 
 
-def test_rerun_reuses_finished_steps_and_force_runs_them_again(shared_data, results, tmp_path):
+def test_rerun_reuses_finished_steps_and_force_runs_them_again(real_data, results, tmp_path):
     sheet = tmp_path / "samplesheet.csv"
-    sheet.write_text(f"sample,spaceranger_dir\nbreast,{shared_data / 'visium' / 'breast_crop'}\n")
+    sheet.write_text(f"sample,spaceranger_dir\nbreast,{real_data / 'visium' / 'breast_crop'}\n")
     rerun = tmp_path / "results"
     base = ["--input", sheet, "--signatures", results / "reference" / "signatures.csv", "--n-cells-per-location", 30,
             "--outdir", rerun]
@@ -277,9 +277,9 @@ def test_rerun_reuses_finished_steps_and_force_runs_them_again(shared_data, resu
     assert all(file_stats(rerun)[name] != stamp for name, stamp in after_mapping.items())
 
 
-def test_a_failed_step_leaves_no_partial_outputs(shared_data, tmp_path):
+def test_a_failed_step_leaves_no_partial_outputs(real_data, tmp_path):
     sheet = tmp_path / "samplesheet.csv"
-    outs = shared_data / "visium" / "breast_crop"
+    outs = real_data / "visium" / "breast_crop"
     sheet.write_text(f"sample,spaceranger_dir\nbreast_a,{outs}\nbreast_b,{outs}\n")
     unrelated = tmp_path / "signatures.csv"
     pd.DataFrame({"T": [1.0, 2.0]}, index=["NOT_A_GENE_1", "NOT_A_GENE_2"]).rename_axis("gene").to_csv(unrelated)

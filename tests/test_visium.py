@@ -16,13 +16,13 @@ SR1_POSITIONS = "tissue_positions_list.csv"
 
 
 @pytest.fixture(scope="module")
-def breast(shared_data):
-    return shared_data / "visium" / "breast_crop"
+def breast(real_data):
+    return real_data / "visium" / "breast_crop"
 
 
 @pytest.fixture(scope="module")
-def mouse(shared_data):
-    return shared_data / "visium" / "mouse_brain_100genes"
+def mouse(real_data):
+    return real_data / "visium" / "mouse_brain_100genes"
 
 
 @pytest.fixture(scope="module")
