@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from conftest import REAL_DATA
 
 from tissuemap.errors import InputError
-from tissuemap.reference import read_reference
+from tissuemap.reference import check_reference, read_reference
 
 REFERENCES = REAL_DATA / "reference"
 LYMPH_NODE = REFERENCES / "lymph_node_330cells.h5ad"
@@ -68,9 +68,27 @@ def test_counts_are_taken_from_the_layer(tmp_path):
     read = read_reference(path, "cell_type", layer="counts")
     np.testing.assert_array_equal(read.X.toarray(), counts)
     assert "counts" not in read.layers
-    # the log-transformed X itself is refused, pointing at the layer option
-    with pytest.raises(InputError, match="X holds non-integer values.*raw count matrix or layer"):
-        read_reference(path, "cell_type")
+    # the log-transformed X itself is refused, pointing at the layer option and the file's layers
+    for check in (read_reference, check_reference):
+        with pytest.raises(InputError, match=r"X holds non-integer values.*--layer NAME \(layers: 'counts'\), or "
+                                             r"--layer raw for \.raw"):
+            check(path, "cell_type")
+    check_reference(path, "cell_type", layer="counts")
+
+
+def test_layer_raw_reads_dot_raw_with_its_genes(tmp_path):
+    adata = small_reference()
+    counts = adata.X.toarray()
+    adata.raw = adata
+    normalised = adata[:, :3].copy()  # as after highly-variable-gene selection: .raw keeps every gene
+    normalised.X = sp.csr_matrix(np.log1p(normalised.X.toarray()))
+    path = write(normalised, tmp_path)
+    read = read_reference(path, "cell_type", layer="raw")
+    assert list(read.var_names) == [f"G{j}" for j in range(5)]
+    np.testing.assert_array_equal(read.X.toarray(), counts)
+    check_reference(path, "cell_type", layer="raw")
+    with pytest.raises(InputError, match="has no .raw and no layer 'raw' \\(given as --layer\\)"):
+        read_reference(write(small_reference(), tmp_path, "plain.h5ad"), "cell_type", layer="raw")
 
 
 def test_missing_layer_lists_the_layers(tmp_path):
@@ -88,10 +106,11 @@ def test_missing_layer_lists_the_layers(tmp_path):
         ({"labels_key": "cell_type", "covariate_keys": ["assay"]}, "'assay' \\(given as --covariate-keys\\)"),
     ],
 )
-def test_missing_column_lists_the_columns(tmp_path, keys, missing):
+@pytest.mark.parametrize("check", [read_reference, check_reference])
+def test_missing_column_lists_the_columns(tmp_path, keys, missing, check):
     path = write(small_reference(), tmp_path)
     with pytest.raises(InputError, match=f"obs has no column {missing}; available columns: 'cell_type', 'sample'"):
-        read_reference(path, **keys)
+        check(path, **keys)
 
 
 @pytest.mark.parametrize("empty", [None, ""])

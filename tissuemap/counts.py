@@ -18,11 +18,12 @@ def _first_bad(matrix, bad_values: np.ndarray) -> tuple[int, int]:
     return int(row), int(col)
 
 
-def check_raw_counts(matrix, source: str, row_names=None, col_names=None, what: str = "X") -> None:
+def check_raw_counts(matrix, source: str, row_names=None, col_names=None, what: str = "X",
+                     remedy: str = "point it at the raw count matrix or layer") -> None:
     """Raise :class:`InputError` unless ``matrix`` holds raw counts.
 
     ``source`` names the file in the message; ``row_names``/``col_names`` (e.g. ``obs_names``/``var_names``) let the
-    message point at the first offending entry.
+    message point at the first offending entry; ``remedy`` says where the raw counts can be given.
     """
     if sp.issparse(matrix):
         matrix = sp.csr_matrix(matrix)
@@ -48,5 +49,5 @@ def check_raw_counts(matrix, source: str, row_names=None, col_names=None, what: 
             where = f" (first at {row_names[row]!r}, {col_names[col]!r}: {float(values[np.flatnonzero(bad)[0]])})"
         raise InputError(
             f"{source}: {what} holds {problem}{where}; tissuemap needs raw counts "
-            "(not normalised or log-transformed): point it at the raw count matrix or layer"
+            f"(not normalised or log-transformed): {remedy}"
         )

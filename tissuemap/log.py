@@ -16,3 +16,10 @@ def configure(verbosity: int = 0) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``number`` with ``noun`` in the right grammatical number: "1 thread", "2 threads", "1 batch", "3 batches"."""
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {plural or (noun + 'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else noun + 's')}"

@@ -39,15 +39,18 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tissuemap.counts import check_raw_counts
+from tissuemap.defaults import (
+    MAPPING_DETECTION_ALPHA,
+    MAPPING_LR,
+    MAPPING_MAX_EPOCHS,
+    MAPPING_MIN_SHARED_GENES,
+    MAPPING_N_CELLS_PER_LOCATION,
+    MAPPING_SEED,
+)
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 from tissuemap.samplesheet import validate_name
 
-DEFAULT_N_CELLS_PER_LOCATION = 8.0  # the package's default; the lymph node tutorial uses 30
-DEFAULT_DETECTION_ALPHA = 20.0
-DEFAULT_MAX_EPOCHS = 30_000
-DEFAULT_LR = 0.002
-DEFAULT_MIN_SHARED_GENES = 1000
 PROGRESS_EVERY = 100  # steps between progress-bar updates and NaN checks (the only host synchronisations)
 SUMMARIES = ("means", "stds", "q05", "q95")
 # sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
@@ -86,8 +89,8 @@ def check_training_options(max_epochs: int, lr: float) -> None:
 
 def read_spatial_sample(
     path: str | os.PathLike,
-    n_cells_per_location: float = DEFAULT_N_CELLS_PER_LOCATION,
-    detection_alpha: float = DEFAULT_DETECTION_ALPHA,
+    n_cells_per_location: float = MAPPING_N_CELLS_PER_LOCATION,
+    detection_alpha: float = MAPPING_DETECTION_ALPHA,
 ) -> SpatialSample:
     """Read one QC'd sample (``tissuemap qc`` output) and the hyper-parameters to map it with.
 
@@ -237,7 +240,7 @@ def detection_mean(
 def setup_mapping(
     samples: list[SpatialSample],
     signatures: pd.DataFrame,
-    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
+    min_shared_genes: int = MAPPING_MIN_SHARED_GENES,
     device=None,
     signatures_name: str = "signatures",
     priors=None,
@@ -322,8 +325,9 @@ def setup_mapping(
         detection_mean=torch.tensor(d_hat, dtype=torch.float32, device=device),
     )
     logger.info(
-        "Mapping %d spots (%s) x %d genes onto %d cell types in %d batch(es); detection mean d = %.4g",
-        len(counts), ", ".join(names), match.n_shared, len(signatures.columns), len(batch_names), d_hat,
+        "Mapping %d spots (%s) x %d genes onto %d cell types in %s; detection mean d = %.4g",
+        len(counts), ", ".join(names), match.n_shared, len(signatures.columns), counted(len(batch_names), "batch"),
+        d_hat,
     )
     return MappingSetup(
         samples=ordered, rows=rows, sample_batch=sample_batch, batch_names=batch_names,
@@ -346,6 +350,7 @@ class MappingFit:
     cuda_graph: bool
     compiled: bool
     timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
+    threads: int  # torch's CPU threads when the training loop started
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -362,13 +367,14 @@ def _nan_message(step: int) -> str:
 
 def fit_mapping(
     setup: MappingSetup,
-    max_epochs: int = DEFAULT_MAX_EPOCHS,
-    lr: float = DEFAULT_LR,
-    seed: int = 0,
+    max_epochs: int = MAPPING_MAX_EPOCHS,
+    lr: float = MAPPING_LR,
+    seed: int = MAPPING_SEED,
     cuda_graph: bool = True,
     compile_objective: bool | None = None,
     progress: bool = True,
     checkpoint=None,
+    threads: int | None = None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam.
 
@@ -400,6 +406,9 @@ def fit_mapping(
         :class:`~tissuemap.checkpoint.Checkpointing`: save the fit's state every ``checkpoint.every`` steps and, with
         ``checkpoint.resume``, continue from a saved one. A resumed fit gives the numbers of an uninterrupted one
         (bitwise on a CPU).
+    threads
+        torch's CPU threads, applied right before the training loop (:func:`tissuemap.threads.use_threads`);
+        ``None`` leaves torch's setting as it is.
 
     Raises
     ------
@@ -443,6 +452,11 @@ def fit_mapping(
         use_graph = step_fn is not train_step
     setup_seconds = time.perf_counter() - started
 
+    if threads is not None:
+        from tissuemap.threads import use_threads
+
+        use_threads(threads)  # again: a library may have changed it since the step started
+    training_threads = torch.get_num_threads()
     started = time.perf_counter()
     bar = tqdm(total=max_epochs, desc="mapping", unit="step", disable=not progress, initial=steps_done)
     for step in range(steps_done, max_epochs):
@@ -466,6 +480,7 @@ def fit_mapping(
     fit = MappingFit(
         guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=max_epochs, lr=lr,
         seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=max_epochs - steps_done,
+        threads=training_threads,
         seconds={"model_setup": setup_seconds, "training": training_seconds},
     )
     logger.info("trained %d steps in %.1f s (%.1f it/s) on %s (compiled: %s, CUDA graph: %s); final -ELBO %.6g",
@@ -585,7 +600,7 @@ def _device_name(device) -> str:
 
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu ({counted(torch.get_num_threads(), 'thread')})"
 
 
 def posterior_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
@@ -737,18 +752,19 @@ class MappingResult:
 def map_samples(
     spatial_paths: list[str | os.PathLike],
     signatures_path: str | os.PathLike,
-    n_cells_per_location: float = DEFAULT_N_CELLS_PER_LOCATION,
-    detection_alpha: float = DEFAULT_DETECTION_ALPHA,
-    max_epochs: int = DEFAULT_MAX_EPOCHS,
-    lr: float = DEFAULT_LR,
+    n_cells_per_location: float = MAPPING_N_CELLS_PER_LOCATION,
+    detection_alpha: float = MAPPING_DETECTION_ALPHA,
+    max_epochs: int = MAPPING_MAX_EPOCHS,
+    lr: float = MAPPING_LR,
     device: str = "auto",
-    seed: int = 0,
+    seed: int = MAPPING_SEED,
     expected_expression: bool = False,
-    min_shared_genes: int = DEFAULT_MIN_SHARED_GENES,
+    min_shared_genes: int = MAPPING_MIN_SHARED_GENES,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    threads: int | None = None,
 ) -> MappingResult:
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
@@ -759,6 +775,9 @@ def map_samples(
     With ``checkpoint_dir``, training saves its state every ``checkpoint_every`` steps to
     ``checkpoint_dir/.NAME.map.ckpt.pt`` (NAME: the sample names joined by ``+``) and, with ``resume``, continues
     from it (:func:`fit_mapping`); :func:`write_mapping_outputs` deletes it.
+
+    ``threads``: torch's CPU threads (and those of the libraries that start later), set now and again right before
+    training; ``None`` leaves them as they are.
 
     Raises
     ------
@@ -771,6 +790,10 @@ def map_samples(
     _positive(n_cells_per_location, "the number of cells per location", "--n-cells-per-location")
     _positive(detection_alpha, "detection alpha", "--detection-alpha")
     check_training_options(max_epochs, lr)
+    if threads is not None:
+        from tissuemap.threads import use_threads
+
+        use_threads(threads)
     torch_device = resolve_device(device)
     samples = [read_spatial_sample(path, n_cells_per_location, detection_alpha) for path in spatial_paths]
     signatures = read_signatures(signatures_path)
@@ -782,7 +805,7 @@ def map_samples(
 
         name = "+".join(sample.name for sample in setup.samples)
         checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
-    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint)
+    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, threads=threads)
     started = time.perf_counter()
     summaries = posterior_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)
@@ -803,6 +826,7 @@ def history_record(result: MappingResult, name: str) -> dict:
         "samples_fitted_together": [sample.name for sample in setup.samples],
         "batch": setup.batch_names[setup.sample_batch[name]],
         "device": fit.device,
+        "threads": fit.threads,
         "cuda_graph": fit.cuda_graph,
         "compiled": fit.compiled,
         "steps": fit.steps,

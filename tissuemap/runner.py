@@ -26,8 +26,9 @@ from importlib import metadata
 from pathlib import Path
 
 from tissuemap import __version__
+from tissuemap.defaults import SIGNATURES_MIN_CELLS_PER_TYPE
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 from tissuemap.outputs import prepare_outdir, staged_outputs
 from tissuemap.samplesheet import Sample, read_samplesheet
 
@@ -86,20 +87,63 @@ class RunOptions:
     labels_key: str | None = None
     batch_key: str | None = None
     covariate_keys: str | None = None
+    layer: str | None = None
     signatures: Path | None = None
     min_counts: int | None = None
+    method: str | None = None
+    min_cells_per_type: int | None = None
+    regression_epochs: int | None = None
+    regression_lr: float | None = None
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
-    regression_epochs: int | None = None
     mapping_epochs: int | None = None
+    lr: float | None = None
+    min_shared_genes: int | None = None
     mapping_mode: str = "per-sample"
     device: str | None = None
     seed: int | None = None
+    threads: int | None = None
+
+
+# Every step option that `tissuemap run` passes on, by step command: step option -> the RunOptions field (and so the
+# run option, "--" + the field's name with dashes) that sets it. The steps' command lines are built from this table,
+# and the steps' error messages are translated with it, so that a message names the option the user can give.
+PASSED_OPTIONS: dict[str, dict[str, str]] = {
+    "qc": {"--min-counts": "min_counts"},
+    "filter-genes": {"--layer": "layer"},
+    "signatures": {
+        "--batch-key": "batch_key", "--covariate-keys": "covariate_keys", "--method": "method",
+        "--min-cells-per-type": "min_cells_per_type", "--max-epochs": "regression_epochs", "--lr": "regression_lr",
+        "--device": "device", "--seed": "seed", "--threads": "threads",
+    },
+    "map": {
+        "--detection-alpha": "detection_alpha", "--max-epochs": "mapping_epochs", "--lr": "lr",
+        "--min-shared-genes": "min_shared_genes", "--device": "device", "--seed": "seed", "--threads": "threads",
+    },
+}
+
+
+def run_option(field: str) -> str:
+    """The `tissuemap run` option of a :class:`RunOptions` field: ``mapping_epochs`` -> ``--mapping-epochs``."""
+    return "--" + field.replace("_", "-")
+
+
+def _passed(command: str, options: RunOptions) -> list[str]:
+    """The options of step ``command`` that the run sets (:data:`PASSED_OPTIONS`), those not ``None``."""
+    pairs = ((option, getattr(options, field)) for option, field in PASSED_OPTIONS[command].items())
+    return [str(part) for option, value in pairs if value is not None for part in (option, value)]
 
 
 def _given(*pairs) -> list[str]:
     """Command-line options for the (option, value) pairs whose value is not ``None``."""
     return [str(part) for option, value in pairs if value is not None for part in (option, value)]
+
+
+def translate_message(message: str, command: tuple[str, ...]) -> str:
+    """``message`` of step ``command`` with each step option it names replaced by the run option that sets it."""
+    renamed = {option: run_option(field) for option, field in PASSED_OPTIONS.get(command[0], {}).items()}
+    pattern = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w-])")
+    return pattern.sub(lambda match: renamed.get(match.group(1), match.group(1)), message)
 
 
 def mapping_groups(samples: list[Sample], mode: str) -> dict[str, list[str]]:
@@ -137,8 +181,8 @@ def _qc_steps(samples: list[Sample], options: RunOptions, outdir: Path) -> list[
     steps = []
     for sample in samples:
         args = ["--sample", sample.sample, "--input", str(sample.path), "--outdir", str(outdir / sample.sample)]
+        args += _passed("qc", options)
         args += _given(
-            ("--min-counts", options.min_counts),
             ("--n-cells-per-location", sample.n_cells_per_location),
             ("--detection-alpha", sample.detection_alpha),
             ("--slide", sample.slide),
@@ -152,14 +196,13 @@ def _reference_steps(options: RunOptions, reference_dir: Path) -> list[Step]:
     reference = Path(options.reference).resolve()
     return [
         Step("filter-genes", "reference: gene filter", ("filter-genes",),
-             ("--reference", str(reference), "--labels-key", options.labels_key, "--outdir", str(reference_dir)),
+             ("--reference", str(reference), "--labels-key", options.labels_key, *_passed("filter-genes", options),
+              "--outdir", str(reference_dir)),
              inputs=(reference,)),
+        # the filtered reference holds the raw counts in X, whichever layer they came from
         Step("signatures", "reference: signatures", ("signatures",),
              ("--reference", str(reference_dir / "reference.filtered.h5ad"), "--labels-key", options.labels_key,
-              *_given(("--batch-key", options.batch_key), ("--covariate-keys", options.covariate_keys),
-                      ("--max-epochs", options.regression_epochs), ("--device", options.device),
-                      ("--seed", options.seed)),
-              "--outdir", str(reference_dir)),
+              *_passed("signatures", options), "--outdir", str(reference_dir)),
              needs=("filter-genes",)),
     ]
 
@@ -184,8 +227,7 @@ def _mapping_steps(samples: list[Sample], groups: dict[str, list[str]], options:
             ("--spatial", *(str(outdir / name / f"{name}.qc.h5ad") for name in names),
              "--signatures", str(signatures),
              "--n-cells-per-location", str(n_cells_per_location[names[0]]),
-             *_given(("--detection-alpha", options.detection_alpha), ("--max-epochs", options.mapping_epochs),
-                     ("--device", options.device), ("--seed", options.seed)),
+             *_passed("map", options),
              "--outdir", str(outdir / MAPPING_WORK_FOLDER / group if together else outdir / names[0])),
             inputs=() if learned else (signatures,),
             needs=(*(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
@@ -216,8 +258,32 @@ def _report_steps(samples: list[Sample], groups: dict[str, list[str]], outdir: P
     return steps
 
 
-def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path) -> list[Step]:
-    """The steps for a samplesheet, in run order; validates the samplesheet and the options first.
+def check_inputs(samples: list[Sample], options: RunOptions) -> None:
+    """Raise :class:`InputError` for the first input a step would fail on, before any step runs: each sample's
+    folder or file, the reference (its obs columns, var names, and raw counts in the first cells of X or the
+    ``--layer``), and the signatures table. The steps' own checks, made on what can be read in a moment."""
+    from tissuemap.io.spatial import check_spatial_input
+
+    for sample in samples:
+        check_spatial_input(sample.path)
+    if options.reference is not None:
+        from tissuemap.reference import check_reference
+
+        covariate_keys = [key.strip() for key in (options.covariate_keys or "").split(",") if key.strip()]
+        check_reference(options.reference, options.labels_key, options.batch_key, covariate_keys, options.layer,
+                        options.min_cells_per_type or SIGNATURES_MIN_CELLS_PER_TYPE)
+    if options.signatures is not None:
+        from tissuemap.mapping import read_signatures
+
+        read_signatures(options.signatures)
+    logger.info("inputs checked: %s and the %s", counted(len(samples), "sample"),
+                "reference" if options.reference is not None else "signatures")
+
+
+def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path,
+               check_files: bool = False) -> list[Step]:
+    """The steps for a samplesheet, in run order; validates the samplesheet and the options first, and with
+    ``check_files`` every input file too (:func:`check_inputs`).
 
     QC of every sample; with a reference, gene filtering and signatures (skipped when ``options.signatures`` is
     given); mapping by group (:func:`mapping_groups`); the reference's report, every sample's report and the
@@ -229,6 +295,8 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path)
         raise InputError("--reference needs --labels-key: the obs column holding each cell's type")
     outdir = Path(outdir).resolve()
     samples = read_samplesheet(samplesheet)
+    if check_files:
+        check_inputs(samples, options)
     steps = _qc_steps(samples, options, outdir)
     reference_dir = None
     if options.signatures is None:
@@ -329,6 +397,8 @@ def _verbosity_options() -> list[str]:
 
 
 def _execute(step: Step, outdir: Path) -> None:
+    import click
+
     from tissuemap.cli import main
 
     work_dir = None
@@ -336,7 +406,12 @@ def _execute(step: Step, outdir: Path) -> None:
         work_dir = Path(step.args[step.args.index("--outdir") + 1])
         shutil.rmtree(work_dir, ignore_errors=True)  # what a killed run left behind
     try:
-        main.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap", standalone_mode=False)
+        try:
+            main.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap",
+                      standalone_mode=False)
+        except click.ClickException as err:  # the step's one-line error, naming the run's options
+            err.message = translate_message(err.message, step.command)
+            raise
         if work_dir is not None:
             _distribute(work_dir, outdir, step.distribute)
     finally:

@@ -15,6 +15,7 @@ resolved from the samplesheet's folder.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from tissuemap.errors import InputError
 from tissuemap.log import logger
 
 PATH_COLUMNS = ("spaceranger_dir", "h5ad")
+# Bytes read to tell a binary file given as the samplesheet (h5ad, h5, png) from a CSV.
+BINARY_CHECK_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,30 @@ def _cast(value: str, rule: dict):
     return value
 
 
+def _not_a_samplesheet(path: Path) -> InputError:
+    return InputError(
+        f"{path}: not a text file (an h5ad, h5 or image?); --input expects the samplesheet, a CSV file with a header "
+        "row such as 'sample,spaceranger_dir' and one row per sample"
+    )
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
     if not path.is_file():
         raise InputError(f"{path}: samplesheet not found; give the path of a CSV file")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open("rb") as handle:  # a look at the start first: an h5ad given by mistake may be gigabytes
+        head = handle.read(BINARY_CHECK_BYTES)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not merely a character cut by the end of the head
+            raise _not_a_samplesheet(path) from None
+    if b"\0" in head:
+        raise _not_a_samplesheet(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_a_samplesheet(path) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or not any(cell.strip() for cell in header):

@@ -32,10 +32,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuemap.defaults import (
+    SIGNATURES_BATCH_SIZE,
+    SIGNATURES_LR,
+    SIGNATURES_MAX_EPOCHS,
+    SIGNATURES_METHOD,
+    SIGNATURES_METHODS,
+    SIGNATURES_SEED,
+)
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 
-METHODS = ("nb", "mean")
 SUMMARY_STATS = ("means", "stds", "q05", "q95")
 SIGNATURE_SITE = "mu_fg"
 # Name of the single batch when the reference has no batch column.
@@ -136,14 +143,16 @@ def type_average_counts(counts, type_ids: np.ndarray, n_types: int) -> np.ndarra
 
 
 def _check_options(method: str, max_epochs: int, batch_size: int, lr: float) -> None:
-    if method not in METHODS:
-        raise InputError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
+    if method not in SIGNATURES_METHODS:
+        raise InputError(f"--method: {method!r} is not one of {', '.join(SIGNATURES_METHODS)}")
     if max_epochs < 1:
-        raise InputError(f"--max-epochs: {max_epochs} is below 1; train for at least one epoch (the package uses 250)")
+        raise InputError(f"--max-epochs: {max_epochs} is below 1; train for at least one epoch "
+                         f"(the package uses {SIGNATURES_MAX_EPOCHS})")
     if batch_size < 1:
-        raise InputError(f"--batch-size: {batch_size} is below 1; give the cells per minibatch (default 2500)")
+        raise InputError(f"--batch-size: {batch_size} is below 1; give the cells per minibatch "
+                         f"(default {SIGNATURES_BATCH_SIZE})")
     if not lr > 0 or not math.isfinite(lr):
-        raise InputError(f"--lr: {lr} is not a positive learning rate; the package uses 0.002")
+        raise InputError(f"--lr: {lr} is not a positive learning rate; the package uses {SIGNATURES_LR}")
 
 
 def _available_host_memory() -> int | None:
@@ -312,8 +321,9 @@ def _restore_svi(state: dict, guide, optimiser, batch_order, step_losses) -> int
 
 
 def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_size: int, lr: float, seed: int,
-                      device, count_storage: str, checkpoint=None) -> tuple[dict, dict]:
-    """Fit the regression; returns (posterior summaries as numpy arrays, training record)."""
+                      device, count_storage: str, checkpoint=None, threads: int | None = None) -> tuple[dict, dict]:
+    """Fit the regression; returns (posterior summaries as numpy arrays, training record). ``threads``: torch's CPU
+    threads, applied right before training (``None``: as they are)."""
     import pyro
     import torch
 
@@ -351,13 +361,14 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
     batch_size = min(batch_size, n_cells)
     steps_per_epoch = math.ceil(n_cells / batch_size)
     logger.info(
-        "Regression: %d cells x %d genes, %d cell types, %d batches, %d covariate levels (%d groups of cells sharing "
-        "a mean); counts held %s on %s",
-        n_cells, n_genes, len(design.cell_types), len(design.batches), len(design.covariate_levels), len(group_table),
+        "Regression: %d cells x %d genes, %s, %s, %s (%s sharing a mean); counts held %s on %s",
+        n_cells, n_genes, counted(len(design.cell_types), "cell type"), counted(len(design.batches), "batch"),
+        counted(len(design.covariate_levels), "covariate level"), counted(len(group_table), "group of cells",
+                                                                         "groups of cells"),
         counts.storage, device,
     )
-    logger.info("Training %d epochs of %d minibatches of up to %d cells (lr %g, seed %d)",
-                max_epochs, steps_per_epoch, batch_size, lr, seed)
+    logger.info("Training %s of %s of up to %s (lr %g, seed %d)", counted(max_epochs, "epoch"),
+                counted(steps_per_epoch, "minibatch"), counted(batch_size, "cell"), lr, seed)
     module = RegressionModule(n_cells, n_genes, len(design.cell_types), len(design.batches),
                               len(design.covariate_levels)).to(device)
     # parameters kept in the guide itself, not Pyro's global store: a second fit in the same process starts afresh
@@ -370,6 +381,11 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
             settings = {"model": "signatures", "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr,
                         "seed": seed, "device": device.type, "count_storage": counts.storage}
             key = fingerprint(settings, [csr.data, csr.indices, csr.indptr, group_of_cell, group_table])
+        if threads is not None:
+            from tissuemap.threads import use_threads
+
+            use_threads(threads)  # again: a library may have changed it since the step started
+        training_threads = torch.get_num_threads()
         epoch_losses = _run_svi(module, guide, minibatch, n_cells, max_epochs, batch_size, lr, seed, device,
                                 checkpoint, key)
         if device.type == "cuda":
@@ -390,6 +406,7 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
         "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size,
         "count_storage": counts.storage,
+        "threads": training_threads,
         "training_seconds": training_seconds,
         "export_seconds": export_seconds,
     }
@@ -401,14 +418,15 @@ def estimate_signatures(
     labels_key: str,
     batch_key: str | None = None,
     covariate_keys: Sequence[str] = (),
-    method: str = "nb",
-    max_epochs: int = 250,
-    batch_size: int = 2500,
-    lr: float = 0.002,
+    method: str = SIGNATURES_METHOD,
+    max_epochs: int = SIGNATURES_MAX_EPOCHS,
+    batch_size: int = SIGNATURES_BATCH_SIZE,
+    lr: float = SIGNATURES_LR,
     device: str = "auto",
-    seed: int = 0,
+    seed: int = SIGNATURES_SEED,
     count_storage: str = "auto",
     checkpoint=None,
+    threads: int | None = None,
 ) -> dict:
     """Estimate each cell type's expression signature from an annotated single-cell reference.
 
@@ -440,12 +458,16 @@ def estimate_signatures(
     checkpoint
         :class:`~tissuemap.checkpoint.Checkpointing` (``every`` in epochs) for ``nb``: save the fit's state and, with
         ``resume``, continue from it; a resumed fit gives the signatures of an uninterrupted one (bitwise on a CPU).
+    threads
+        torch's CPU threads for ``nb`` (and those of libraries that start later), set now and again right before
+        training; ``None`` leaves them as they are.
 
     Returns
     -------
     The run's record (JSON-serialisable): ``elbo`` (-ELBO per epoch, each the mean of its minibatches' losses
     scaled to the whole reference; empty for ``mean``), ``training_seconds``, ``export_seconds``, ``device``,
-    ``epochs``, sizes, and ``settings``. Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
+    ``epochs``, ``threads`` (torch's CPU threads when training started; for ``nb``), sizes, and ``settings``.
+    Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
     only means for ``mean``) and ``adata.uns['mod']``.
     """
     _check_options(method, max_epochs, batch_size, lr)
@@ -479,9 +501,13 @@ def estimate_signatures(
     else:
         from tissuemap.models.device import resolve_device
 
+        if threads is not None:
+            from tissuemap.threads import use_threads
+
+            use_threads(threads)
         torch_device = resolve_device(device)
         posterior, training = _train_regression(adata, design, max_epochs, batch_size, lr, seed, torch_device,
-                                                count_storage, checkpoint)
+                                                count_storage, checkpoint, threads)
         summaries = {stat: posterior[SIGNATURE_SITE][stat].T for stat in SUMMARY_STATS}
         record.update(training, device=str(torch_device))
         for stat in SUMMARY_STATS:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tissuemap.cli.options import layer_option
 from tissuemap.errors import InputError
 
 OUTPUT_PREFIX = "reference"
@@ -17,7 +18,7 @@ OUTPUT_PREFIX = "reference"
               help="Annotated single-cell reference (.h5ad, cells x genes, raw integer counts).")
 @click.option("--labels-key", required=True, help="obs column of the reference holding each cell's type.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--layer", default=None, help="Layer of the reference holding the raw counts  [default: X]")
+@layer_option
 @click.option("--cell-count-cutoff", default=5, show_default=True, type=click.IntRange(min=0),
               help="Also keep genes detected in more than this many cells with a mean count above --nonz-mean-cutoff.")
 @click.option("--cell-percentage-cutoff2", default=0.03, show_default=True, type=click.FloatRange(min=0, max=1),

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from tissuemap.cli.options import checkpoint_options
+from tissuemap.cli.options import checkpoint_options, threads_option
+from tissuemap.defaults import (
+    MAPPING_DETECTION_ALPHA,
+    MAPPING_LR,
+    MAPPING_MAX_EPOCHS,
+    MAPPING_MIN_SHARED_GENES,
+    MAPPING_SEED,
+)
 from tissuemap.models.device import DEVICE_CHOICES
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -23,21 +30,22 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--n-cells-per-location", required=True, type=POSITIVE,
               help="Expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node). "
               "A sample's value in its qc file (from the samplesheet) takes precedence.")
-@click.option("--detection-alpha", default=20.0, show_default=True, type=POSITIVE,
+@click.option("--detection-alpha", default=MAPPING_DETECTION_ALPHA, show_default=True, type=POSITIVE,
               help="Regularisation of within-slide detection variation (20; 200 when detection is uniform). "
               "A sample's value in its qc file takes precedence.")
-@click.option("--max-epochs", default=30000, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-epochs", default=MAPPING_MAX_EPOCHS, show_default=True, type=click.IntRange(min=1),
               help="Training steps, each on all the data.")
-@click.option("--lr", default=0.002, show_default=True, type=POSITIVE, help="Adam learning rate.")
+@click.option("--lr", default=MAPPING_LR, show_default=True, type=POSITIVE, help="Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICE_CHOICES),
               help="Where to train: auto takes a CUDA GPU when there is one.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=MAPPING_SEED, show_default=True, type=int,
               help="Random seed: same seed, input and device give the same numbers.")
 @click.option("--expected-expression", is_flag=True,
               help="Also store each cell type's share of every count as one sparse layer per type in "
               "NAME.abundance.h5ad.")
-@click.option("--min-shared-genes", default=1000, show_default=True, type=click.IntRange(min=1),
+@click.option("--min-shared-genes", default=MAPPING_MIN_SHARED_GENES, show_default=True, type=click.IntRange(min=1),
               help="Fewest genes the samples and the signatures must share.")
+@threads_option
 @checkpoint_options(1000, "steps", ".NAME.map.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def map_command(
@@ -52,6 +60,7 @@ def map_command(
     seed: int,
     expected_expression: bool,
     min_shared_genes: int,
+    threads: int | None,
     checkpoint_every: int,
     resume: bool,
     outdir: Path,
@@ -63,12 +72,13 @@ def map_command(
     """
     from tissuemap.mapping import map_samples, write_mapping_outputs
     from tissuemap.outputs import prepare_outdir
+    from tissuemap.threads import resolve_threads
 
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after hours of training
     result = map_samples(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
         detection_alpha=detection_alpha, max_epochs=max_epochs, lr=lr, device=device, seed=seed,
         expected_expression=expected_expression, min_shared_genes=min_shared_genes,
-        checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume,
+        checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume, threads=resolve_threads(threads),
     )
     write_mapping_outputs(result, outdir)

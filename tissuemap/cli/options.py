@@ -21,3 +21,22 @@ def checkpoint_options(default_every: int, unit: str, checkpoint_name: str):
         )(command)
 
     return decorate
+
+
+def threads_option(command):
+    """``--threads``: torch's CPU threads (and those of the numerical libraries) for a training step."""
+    from tissuemap.threads import default_threads
+
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=default_threads(), show_default=True,
+        help="CPU threads for training; the default is the CPUs this process may use (affinity, cgroup quota), or "
+        "OMP_NUM_THREADS if lower. More threads than free cores make every step wait for the slowest.",
+    )(command)
+
+
+def layer_option(command):
+    """``--layer``: where the reference's raw counts are."""
+    return click.option(
+        "--layer", default=None, show_default="X",
+        help="Layer of the reference holding the raw counts; 'raw' reads .raw (its X and var_names).",
+    )(command)

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import click
 
-from tissuemap.cli.options import checkpoint_options
+from tissuemap.cli.options import checkpoint_options, layer_option, threads_option
+from tissuemap.defaults import (
+    SIGNATURES_BATCH_SIZE,
+    SIGNATURES_LR,
+    SIGNATURES_MAX_EPOCHS,
+    SIGNATURES_METHOD,
+    SIGNATURES_METHODS,
+    SIGNATURES_MIN_CELLS_PER_TYPE,
+    SIGNATURES_SEED,
+)
+from tissuemap.models.device import DEVICE_CHOICES
 
 OUTPUT_PREFIX = "reference"
 
@@ -28,18 +38,20 @@ def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--covariate-keys", default="", show_default="none", callback=_split_keys,
               help="Comma-separated obs columns with technical effects (technology, donor...); their effects add up, "
                    "as in the cell2location package.")
-@click.option("--method", type=click.Choice(["nb", "mean"]), default="nb", show_default=True,
+@click.option("--method", type=click.Choice(SIGNATURES_METHODS), default=SIGNATURES_METHOD, show_default=True,
               help="nb: negative binomial regression; mean: per-type average counts (batch-free or non-UMI data).")
-@click.option("--max-epochs", default=250, show_default=True, type=int, help="Passes over the cells.")
-@click.option("--batch-size", default=2500, show_default=True, type=int, help="Cells per minibatch.")
-@click.option("--lr", default=0.002, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--max-epochs", default=SIGNATURES_MAX_EPOCHS, show_default=True, type=int, help="Passes over the cells.")
+@click.option("--batch-size", default=SIGNATURES_BATCH_SIZE, show_default=True, type=int, help="Cells per minibatch.")
+@click.option("--lr", default=SIGNATURES_LR, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="Where to train: auto takes a CUDA GPU when there is one.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=SIGNATURES_SEED, show_default=True, type=int,
               help="Random seed: the same seed, reference and device give the same signatures.")
-@click.option("--min-cells-per-type", default=10, show_default=True, type=click.IntRange(min=1),
+@click.option("--min-cells-per-type", default=SIGNATURES_MIN_CELLS_PER_TYPE, show_default=True,
+              type=click.IntRange(min=1),
               help="Cell types with fewer cells are an error (merge or remove them, or lower this).")
-@click.option("--layer", default=None, help="Layer of the reference holding the raw counts  [default: X]")
+@layer_option
+@threads_option
 @checkpoint_options(25, "epochs", ".reference.signatures.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def signatures(
@@ -55,6 +67,7 @@ def signatures(
     seed: int,
     min_cells_per_type: int,
     layer: str | None,
+    threads: int | None,
     checkpoint_every: int,
     resume: bool,
     outdir: Path,
@@ -73,6 +86,7 @@ def signatures(
     from tissuemap.outputs import prepare_outdir, staged_outputs
     from tissuemap.reference import read_reference
     from tissuemap.signatures import estimate_signatures, write_signature_outputs
+    from tissuemap.threads import resolve_threads
 
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after training
     checkpoint = Checkpointing(outdir / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every, resume)
@@ -81,6 +95,7 @@ def signatures(
     record = estimate_signatures(
         reference, labels_key, batch_key=batch_key, covariate_keys=covariate_keys, method=method,
         max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, checkpoint=checkpoint,
+        threads=resolve_threads(threads),
     )
     reading = {"reference": str(reference_path), "layer": layer, "min_cells_per_type": min_cells_per_type}
     record["settings"].update(reading)

@@ -6,13 +6,14 @@ coordinates in ``obsm['spatial']``, and keeps its ``uns['spatial']`` images and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
-from tissuemap.io.visium import MATRIX_FILES, read_spaceranger
+from tissuemap.io.visium import MATRIX_FILES, find_matrix, find_positions, read_spaceranger
 from tissuemap.log import logger
 
 # var columns that other tools use for gene symbols and for Ensembl ids (CELLxGENE, scanpy, Seurat conversions)
@@ -35,21 +36,50 @@ def read_spatial_sample(path: str | Path, sample: str):
     AnnData with the in-tissue spots, raw counts in ``X`` (float32 CSR), Ensembl ids as ``var_names`` where known
     and symbols in ``var['SYMBOL']``.
     """
-    path = Path(path)
+    path = _locate(Path(path))
+    if path.is_dir():
+        return read_spaceranger(path, sample)
+    return read_h5ad_sample(path, sample)
+
+
+def _locate(path: Path) -> Path:
+    """The Space Ranger ``outs/`` folder (``path`` or its ``outs/``) or the ``.h5ad`` file to read."""
     if not path.exists():
         raise InputError(f"{path}: not found; give a Space Ranger outs/ folder or an .h5ad file")
     if path.is_dir():
         has_matrix = any((path / name).is_file() for name in MATRIX_FILES)
         if not has_matrix and (path / "outs").is_dir():
             logger.info("%s: reading its outs/ folder", path)
-            path = path / "outs"
-        return read_spaceranger(path, sample)
+            return path / "outs"
+        return path
     if path.suffix == ".h5ad":
-        return read_h5ad_sample(path, sample)
+        return path
     raise InputError(
         f"{path}: not a folder or an .h5ad file; give the Space Ranger outs/ folder (matrix h5 and spatial/) "
         "or an .h5ad with raw counts and obsm['spatial']"
     )
+
+
+def check_spatial_input(path: str | Path) -> None:
+    """Raise :class:`InputError` unless ``path`` looks readable by :func:`read_spatial_sample`, without reading the
+    counts: a Space Ranger folder with its matrix and positions files, or an ``.h5ad`` with ``X`` and
+    ``obsm['spatial']``. For the checks `tissuemap run` makes before its first step."""
+    import h5py
+
+    path = _locate(Path(path))
+    if path.is_dir():
+        for found in (find_matrix(path), find_positions(path)):
+            if not os.access(found, os.R_OK):
+                raise InputError(f"{found}: not readable (permissions); make it readable for this user")
+        return
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in ("X", "obsm/spatial") if key not in handle]
+    except OSError as err:
+        raise InputError(f"{path}: not a readable .h5ad file ({err}); write it with anndata's write_h5ad") from None
+    if missing:
+        raise InputError(f"{path}: has no {' or '.join(missing)}; give raw counts in X and the spots' [x, y] positions "
+                         "in obsm['spatial'], or the Space Ranger outs/ folder instead")
 
 
 def read_h5ad_sample(path: Path, sample: str):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -21,5 +21,6 @@ def resolve_device(choice: str = "auto"):
     if device.type == "cuda":
         logger.info("device: cuda (%s)", torch.cuda.get_device_name(device))
     else:
-        logger.info("device: cpu (%d threads)%s", torch.get_num_threads(), "" if choice == "cpu" else ", no CUDA GPU found")
+        logger.info("device: cpu (%s)%s", counted(torch.get_num_threads(), "thread"),
+                    "" if choice == "cpu" else ", no CUDA GPU found")
     return device

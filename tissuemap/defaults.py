@@ -1,0 +1,20 @@
+"""Default settings of the training steps, defined once: the step functions, their commands and `tissuemap run`'s
+help read them from here. A module of constants only, so that the command line reads them without importing the
+numerical libraries (``--help`` stays fast)."""
+
+# Spatial mapping (tissuemap.mapping, `tissuemap map`)
+MAPPING_N_CELLS_PER_LOCATION = 8.0  # the package's default; the lymph node tutorial uses 30
+MAPPING_DETECTION_ALPHA = 20.0
+MAPPING_MAX_EPOCHS = 30_000
+MAPPING_LR = 0.002
+MAPPING_MIN_SHARED_GENES = 1000
+MAPPING_SEED = 0
+
+# Reference signatures (tissuemap.signatures, `tissuemap signatures`): the cell2location package's defaults
+SIGNATURES_METHODS = ("nb", "mean")
+SIGNATURES_METHOD = "nb"
+SIGNATURES_MAX_EPOCHS = 250
+SIGNATURES_BATCH_SIZE = 2500
+SIGNATURES_LR = 0.002
+SIGNATURES_SEED = 0
+SIGNATURES_MIN_CELLS_PER_TYPE = 10
