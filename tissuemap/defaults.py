@@ -2,6 +2,12 @@
 help read them from here. A module of constants only, so that the command line reads them without importing the
 numerical libraries (``--help`` stays fast)."""
 
+# Gene filter of the reference (tissuemap.genes, `tissuemap filter-genes`): the cell2location tutorial's values (the
+# package's own defaults, 15 / 0.05 / 1.12, suit larger references)
+CELL_COUNT_CUTOFF = 5
+CELL_PERCENTAGE_CUTOFF2 = 0.03
+NONZ_MEAN_CUTOFF = 1.12
+
 # Spatial mapping (tissuemap.mapping, `tissuemap map`)
 MAPPING_N_CELLS_PER_LOCATION = 8.0  # the package's default; the lymph node tutorial uses 30
 MAPPING_DETECTION_ALPHA = 20.0

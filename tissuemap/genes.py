@@ -13,13 +13,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuemap.defaults import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOFF2, NONZ_MEAN_CUTOFF
 from tissuemap.errors import InputError
 from tissuemap.log import logger
-
-# The cell2location tutorial's values (the package's own defaults, 15 / 0.05 / 1.12, suit larger references).
-CELL_COUNT_CUTOFF = 5
-CELL_PERCENTAGE_CUTOFF2 = 0.03
-NONZ_MEAN_CUTOFF = 1.12
 
 # Human ENSG..., mouse ENSMUSG..., and other species' ENS<species>G... ids, with an optional version suffix (.12).
 ENSEMBL_ID = re.compile(r"^(ENS[A-Z]*G\d+)(\.\d+)?$")

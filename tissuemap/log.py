@@ -22,4 +22,4 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     """``number`` with ``noun`` in the right grammatical number: "1 thread", "2 threads", "1 batch", "3 batches"."""
     if number == 1:
         return f"{number} {noun}"
-    return f"{number} {plural or (noun + 'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else noun + 's')}"
+    return f"{number} {plural or (noun + 'es' if noun.endswith(('s', 'sh', 'tch', 'x')) else noun + 's')}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 from tissuemap.outputs import staged_outputs
 
 QC_SUFFIX = ".qc.json"
@@ -144,5 +144,6 @@ def write_multiqc_content(input_dir: str | Path, outdir: str | Path) -> list[Pat
     with staged_outputs(outdir) as staging:
         for name, section in sections.items():
             (staging / name).write_text(json.dumps(section, indent=2) + "\n")
-    logger.info("MultiQC content of %d sample(s) written to %s: %s", len(metrics), outdir, ", ".join(sections))
+    logger.info("MultiQC content of %s written to %s: %s", counted(len(metrics), "sample"), outdir,
+                ", ".join(sections))
     return [Path(outdir) / name for name in sections]

@@ -90,10 +90,14 @@ class RunOptions:
     layer: str | None = None
     signatures: Path | None = None
     min_counts: int | None = None
+    cell_count_cutoff: int | None = None
+    cell_percentage_cutoff2: float | None = None
+    nonz_mean_cutoff: float | None = None
     method: str | None = None
     min_cells_per_type: int | None = None
     regression_epochs: int | None = None
     regression_lr: float | None = None
+    regression_batch_size: int | None = None
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
     mapping_epochs: int | None = None
@@ -110,11 +114,14 @@ class RunOptions:
 # and the steps' error messages are translated with it, so that a message names the option the user can give.
 PASSED_OPTIONS: dict[str, dict[str, str]] = {
     "qc": {"--min-counts": "min_counts"},
-    "filter-genes": {"--layer": "layer"},
+    "filter-genes": {
+        "--layer": "layer", "--cell-count-cutoff": "cell_count_cutoff",
+        "--cell-percentage-cutoff2": "cell_percentage_cutoff2", "--nonz-mean-cutoff": "nonz_mean_cutoff",
+    },
     "signatures": {
         "--batch-key": "batch_key", "--covariate-keys": "covariate_keys", "--method": "method",
         "--min-cells-per-type": "min_cells_per_type", "--max-epochs": "regression_epochs", "--lr": "regression_lr",
-        "--device": "device", "--seed": "seed", "--threads": "threads",
+        "--batch-size": "regression_batch_size", "--device": "device", "--seed": "seed", "--threads": "threads",
     },
     "map": {
         "--detection-alpha": "detection_alpha", "--max-epochs": "mapping_epochs", "--lr": "lr",

@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 
 PATH_COLUMNS = ("spaceranger_dir", "h5ad")
 # Bytes read to tell a binary file given as the samplesheet (h5ad, h5, png) from a CSV.
@@ -216,5 +216,5 @@ def read_samplesheet(path: str | Path) -> list[Sample]:
                 slide=row.get("slide"),
             )
         )
-    logger.info("%s: %d sample(s): %s", path, len(samples), ", ".join(s.sample for s in samples))
+    logger.info("%s: %s: %s", path, counted(len(samples), "sample"), ", ".join(s.sample for s in samples))
     return samples

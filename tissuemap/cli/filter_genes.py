@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tissuemap.cli.options import layer_option
+from tissuemap.defaults import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOFF2, NONZ_MEAN_CUTOFF
 from tissuemap.errors import InputError
 
 OUTPUT_PREFIX = "reference"
@@ -19,11 +20,12 @@ OUTPUT_PREFIX = "reference"
 @click.option("--labels-key", required=True, help="obs column of the reference holding each cell's type.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @layer_option
-@click.option("--cell-count-cutoff", default=5, show_default=True, type=click.IntRange(min=0),
+@click.option("--cell-count-cutoff", default=CELL_COUNT_CUTOFF, show_default=True, type=click.IntRange(min=0),
               help="Also keep genes detected in more than this many cells with a mean count above --nonz-mean-cutoff.")
-@click.option("--cell-percentage-cutoff2", default=0.03, show_default=True, type=click.FloatRange(min=0, max=1),
+@click.option("--cell-percentage-cutoff2", default=CELL_PERCENTAGE_CUTOFF2, show_default=True,
+              type=click.FloatRange(min=0, max=1),
               help="Keep genes detected in more than this fraction of all cells.")
-@click.option("--nonz-mean-cutoff", default=1.12, show_default=True, type=click.FloatRange(min=0),
+@click.option("--nonz-mean-cutoff", default=NONZ_MEAN_CUTOFF, show_default=True, type=click.FloatRange(min=0),
               help="Mean count, in the cells where a gene is detected, above which --cell-count-cutoff applies.")
 def filter_genes(
     reference_path: Path,

@@ -29,6 +29,17 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="signatures.csv (genes x cell types) of an earlier run, instead of --reference.")
 @click.option("--min-counts", type=click.IntRange(min=0), default=DEFAULT_MIN_COUNTS, show_default=True,
               help="QC: drop spots with fewer UMIs.")
+@click.option("--cell-count-cutoff", type=click.IntRange(min=0), default=defaults.CELL_COUNT_CUTOFF,
+              show_default=True,
+              help="Gene filter: also keep genes detected in more than this many cells with a mean count above "
+                   "--nonz-mean-cutoff.")
+@click.option("--cell-percentage-cutoff2", type=click.FloatRange(min=0, max=1),
+              default=defaults.CELL_PERCENTAGE_CUTOFF2, show_default=True,
+              help="Gene filter: keep genes detected in more than this fraction of all cells.")
+@click.option("--nonz-mean-cutoff", type=click.FloatRange(min=0), default=defaults.NONZ_MEAN_CUTOFF,
+              show_default=True,
+              help="Gene filter: mean count, in the cells where a gene is detected, above which --cell-count-cutoff "
+                   "applies.")
 @click.option("--method", type=click.Choice(defaults.SIGNATURES_METHODS), default=defaults.SIGNATURES_METHOD,
               show_default=True,
               help="Signatures: nb, negative binomial regression; mean, per-type average counts.")
@@ -39,6 +50,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               show_default=True, help="Signatures: epochs of the regression.")
 @click.option("--regression-lr", type=POSITIVE, default=defaults.SIGNATURES_LR, show_default=True,
               help="Signatures: Adam learning rate of the regression.")
+@click.option("--regression-batch-size", type=click.IntRange(min=1), default=defaults.SIGNATURES_BATCH_SIZE,
+              show_default=True, help="Signatures: cells per minibatch of the regression.")
 @click.option("--n-cells-per-location", type=POSITIVE, default=None,
               help="Expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node), for "
                    "samples without their own value in the samplesheet (needed when some sample has none).")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tissuemap.errors import InputError
-from tissuemap.log import logger
+from tissuemap.log import counted, logger
 from tissuemap.report.html import (
     Image,
     Table,
@@ -140,7 +140,7 @@ def write_summary(input_dir: str | os.PathLike, outdir: str | os.PathLike,
     if "{sample}" not in report_link:
         raise InputError(f"--report-link: {report_link!r} has no '{{sample}}'; e.g. {DEFAULT_REPORT_LINK}")
     found = find_samples(input_dir, samples)
-    logger.info("summary of %d sample(s): %s", len(found), ", ".join(found))
+    logger.info("summary of %s: %s", counted(len(found), "sample"), ", ".join(found))
     rows, proportions = [], {}
     for name, files in found.items():
         row, mean_proportions = _sample_row(name, files, report_link)
