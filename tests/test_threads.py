@@ -104,7 +104,8 @@ def test_run_trains_both_steps_with_the_threads_given(real_data, tmp_path, caplo
     finally:
         logger.removeHandler(caplog.handler)
     assert result.exit_code == 0, result.output
-    steps = {step["key"]: step["command"] for step in json.loads((results / "pipeline_info" / "steps.json").read_text())}
+    records = json.loads((results / "pipeline_info" / "steps.json").read_text())
+    steps = {step["key"]: step["command"] for step in records}
     assert " --threads 1 " in steps["signatures"] and " --threads 1 " in steps["map/sample1+sample2"]
     # torch's count when each training loop started, as the histories record it
     assert json.loads((results / "reference" / "reference.signatures_history.json").read_text())["threads"] == 1
