@@ -31,8 +31,8 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node). "
               "A sample's value in its qc file (from the samplesheet) takes precedence.")
 @click.option("--detection-alpha", default=MAPPING_DETECTION_ALPHA, show_default=True, type=POSITIVE,
-              help="Regularisation of within-slide detection variation (20; 200 when detection is uniform). "
-              "A sample's value in its qc file takes precedence.")
+              help="Regularisation of within-slide detection variation (200 suits uniform detection). A sample's "
+              "value in its qc file takes precedence.")
 @click.option("--max-epochs", default=MAPPING_MAX_EPOCHS, show_default=True, type=click.IntRange(min=1),
               help="Training steps, each on all the data.")
 @click.option("--lr", default=MAPPING_LR, show_default=True, type=POSITIVE, help="Adam learning rate.")
