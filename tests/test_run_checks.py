@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
-from tissuemap.runner import RunOptions, check_inputs
+from tissuemap.runner import RunOptions, check_inputs, plan_steps
 from tissuemap.samplesheet import read_samplesheet
 
 
@@ -65,9 +65,14 @@ def test_a_normalised_reference_stops_run_before_qc_and_names_the_layer_option(s
     result = run(simulated / "samplesheet.csv", outdir, "--reference", reference, "--labels-key", "cell_type")
     assert_stopped_before_any_step(result, outdir, f"{reference}: X holds non-integer values", "raw counts",
                                    "--layer NAME (layers: 'counts')")
-    # with the layer named, the same reference passes the checks
+    # with the layer named, the same reference passes the checks, and the gene filter reads the layer (it writes
+    # the counts into the filtered reference's X, which the signatures step reads)
     samples = read_samplesheet(simulated / "samplesheet.csv")
-    check_inputs(samples, RunOptions(reference=reference, labels_key="cell_type", layer="counts"))
+    with_layer = RunOptions(reference=reference, labels_key="cell_type", layer="counts", n_cells_per_location=8)
+    check_inputs(samples, with_layer)
+    steps = {step.key: step for step in plan_steps(simulated / "samplesheet.csv", with_layer, tmp_path / "results")}
+    assert steps["filter-genes"].command_line().endswith(f"--layer counts --outdir {tmp_path / 'results' / 'reference'}")
+    assert "--layer" not in steps["signatures"].args
     with pytest.raises(InputError, match="non-integer"):
         check_inputs(samples, RunOptions(reference=reference, labels_key="cell_type"))
 
