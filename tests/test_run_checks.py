@@ -102,3 +102,13 @@ def test_a_binary_file_as_input_is_one_line_naming_what_input_expects(real_data,
     result = run(path, outdir, "--signatures", tmp_path / "signatures.csv")
     assert_stopped_before_any_step(result, outdir, f"{path}: not a text file",
                                    "--input expects the samplesheet, a CSV file")
+
+
+def test_an_h5ad_sample_without_coordinates_stops_run_before_qc(simulated, tmp_path):
+    no_coordinates = tmp_path / "counts_only.h5ad"
+    ad.AnnData(sp.csr_matrix(np.ones((3, 2), dtype=np.float32))).write_h5ad(no_coordinates)
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(f"sample,h5ad\nplain,{no_coordinates}\n")
+    outdir = tmp_path / "results"
+    result = run(sheet, outdir, "--reference", simulated / "reference.h5ad", "--labels-key", "cell_type")
+    assert_stopped_before_any_step(result, outdir, f"{no_coordinates}: has no obsm/spatial")
