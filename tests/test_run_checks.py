@@ -111,4 +111,4 @@ def test_an_h5ad_sample_without_coordinates_stops_run_before_qc(simulated, tmp_p
     sheet.write_text(f"sample,h5ad\nplain,{no_coordinates}\n")
     outdir = tmp_path / "results"
     result = run(sheet, outdir, "--reference", simulated / "reference.h5ad", "--labels-key", "cell_type")
-    assert_stopped_before_any_step(result, outdir, f"{no_coordinates}: has no obsm/spatial")
+    assert_stopped_before_any_step(result, outdir, f"{no_coordinates}: has no obsm['spatial']")

@@ -74,7 +74,7 @@ def check_spatial_input(path: str | Path) -> None:
         return
     try:
         with h5py.File(path, "r") as handle:
-            missing = [key for key in ("X", "obsm/spatial") if key not in handle]
+            missing = [name for key, name in (("X", "X"), ("obsm/spatial", "obsm['spatial']")) if key not in handle]
     except OSError as err:
         raise InputError(f"{path}: not a readable .h5ad file ({err}); write it with anndata's write_h5ad") from None
     if missing:
