@@ -1,0 +1,37 @@
+"""``tissuemap plan``: which samples are mapped together and with which settings, as ``mapping_plan.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@click.command()
+@click.option("--input", "samplesheet", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Samplesheet CSV (see README).")
+@click.option("--mapping-mode", type=click.Choice(["per-sample", "joint", "slide"]), default="per-sample",
+              help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
+                   "'slide') together.")
+@click.option("--n-cells-per-location", type=POSITIVE, default=None,
+              help="Expected cells per spot for samples without their own value in the samplesheet (needed when "
+                   "some sample has none).")
+@click.option("--detection-alpha", type=POSITIVE, default=20.0,
+              help="Regularisation of within-slide detection variation, for samples without their own value.")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+def plan(samplesheet: Path, mapping_mode: str, n_cells_per_location: float | None, detection_alpha: float,
+         outdir: Path) -> None:
+    """Write OUTDIR/mapping_plan.csv: each sample's mapping group, slide, cells per spot and detection alpha.
+
+    Both `tissuemap run` and the Nextflow pipeline run it before any other step; each `tissuemap map` reads its
+    samples' settings from it (--plan). The sample paths are not checked here (the samplesheet check does that).
+    """
+    from tissuemap.log import logger
+    from tissuemap.plan import write_plan
+    from tissuemap.samplesheet import read_samplesheet
+
+    samples = read_samplesheet(samplesheet, check_paths=False)
+    path = write_plan(samples, mapping_mode, n_cells_per_location, detection_alpha, outdir)
+    logger.info("%s: %d sample(s) in %s mode: %s", path, len(samples), mapping_mode, path.read_text().strip())
