@@ -29,9 +29,11 @@ def plan(samplesheet: Path, mapping_mode: str, n_cells_per_location: float | Non
     samples' settings from it (--plan). The sample paths are not checked here (the samplesheet check does that).
     """
     from tissuemap.log import logger
-    from tissuemap.plan import write_plan
+    from tissuemap.plan import mapping_groups, write_plan
     from tissuemap.samplesheet import read_samplesheet
 
     samples = read_samplesheet(samplesheet, check_paths=False)
     path = write_plan(samples, mapping_mode, n_cells_per_location, detection_alpha, outdir)
-    logger.info("%s: %d sample(s) in %s mode: %s", path, len(samples), mapping_mode, path.read_text().strip())
+    groups = mapping_groups(samples, mapping_mode)
+    logger.info("%s mode: %d mapping task(s): %s; wrote %s", mapping_mode, len(groups),
+                "; ".join(f"{group} ({', '.join(names)})" for group, names in groups.items()), path)
