@@ -325,3 +325,22 @@ def test_bad_signatures_are_rejected(tmp_path):
     pd.DataFrame({"T": [1.0, -1.0], "B": [1.0, 2.0]}, index=["g1", "g2"]).to_csv(path)
     with pytest.raises(InputError, match="row 'g2', column 'T'.*non-negative"):
         read_signatures(path)
+
+
+def test_the_mapping_plan_gives_each_sample_its_settings_and_the_fitting_order(simulated):
+    spatial = [simulated / "qc" / f"{sample}.qc.h5ad" for sample in SAMPLES]
+    plan = {"sample1": {"slide": "A", "n_cells_per_location": 5.0, "detection_alpha": 200.0, "order": 1},
+            "sample2": {"slide": "A", "n_cells_per_location": 9.0, "detection_alpha": 20.0, "order": 0}}
+    # the plan's values win over the arguments (and the qc file's)
+    sample = read_spatial_sample(spatial[0], 30.0, 1.0, plan)
+    assert (sample.n_cells_per_location, sample.detection_alpha, sample.slide) == (5.0, 200.0, "A")
+    with pytest.raises(InputError, match=r"sample1.qc.h5ad: sample 'sample1' is not in the mapping plan \(--plan\)"):
+        read_spatial_sample(spatial[0], 30.0, 20.0, {"other": plan["sample1"]})
+    with pytest.raises(InputError, match="no n_cells_per_location for sample 'sample1'; give --n-cells-per-location"):
+        read_spatial_sample(spatial[0], None)
+    # the samples are fitted in the plan's order whatever order they are given in, on the plan's slide
+    setup = small_setup(simulated)
+    result = map_samples(spatial, simulated / "data" / "truth" / "profiles.csv", n_cells_per_location=None, plan=plan,
+                         max_epochs=2, min_shared_genes=int(SHARED_GENES), device="cpu", progress=False)
+    assert [sample.name for sample in result.setup.samples] == ["sample2", "sample1"]
+    assert result.setup.batch_names == ["A"] and setup.batch_names == ["sample1"]
