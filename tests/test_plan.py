@@ -27,13 +27,13 @@ def test_groups_of_the_three_modes():
 
 
 def test_a_samples_own_settings_win_over_the_runs():
-    settings = sample_settings(SAMPLES, 30.0, None)
+    settings = sample_settings(SAMPLES, 30.0, 20.0)
     assert settings["a"] == {"slide": "s1", "n_cells_per_location": 30.0, "detection_alpha": 20.0}
     assert settings["c"] == {"slide": "c", "n_cells_per_location": 12.0, "detection_alpha": 200.0}
     # every sample has its own value: the run needs none
     assert sample_settings(SAMPLES[2:], None, 5.0)["c"]["detection_alpha"] == 200.0
     with pytest.raises(InputError, match=r"sample\(s\) a, b have no n_cells_per_location in the samplesheet"):
-        sample_settings(SAMPLES, None, None)
+        sample_settings(SAMPLES, None, 20.0)
 
 
 def test_plan_command_writes_the_plan_without_needing_the_sample_files(tmp_path):

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from tissuemap.errors import InputError
-from tissuemap.mapping import DEFAULT_DETECTION_ALPHA
 from tissuemap.samplesheet import Sample
 
 MAPPING_MODES = ("per-sample", "joint", "slide")
@@ -37,13 +36,9 @@ def mapping_groups(samples: list[Sample], mode: str) -> dict[str, list[str]]:
     raise InputError(f"--mapping-mode: {mode!r} is not one of {', '.join(MAPPING_MODES)}")
 
 
-def sample_settings(samples: list[Sample], n_cells_per_location: float | None,
-                    detection_alpha: float | None) -> dict[str, dict]:
-    """Each sample's slide, expected cells per spot and detection alpha: its samplesheet value, else the run's.
-
-    The run's ``n_cells_per_location`` is required only when some sample has no value of its own (it is tissue
-    dependent: no default fits every tissue); ``detection_alpha`` falls back to the cell2location default.
-    """
+def check_cells_per_location(samples: list[Sample], n_cells_per_location: float | None) -> None:
+    """The run's ``n_cells_per_location`` is required when some sample has no value of its own in the samplesheet
+    (it is tissue dependent: no default fits every tissue), and only then."""
     missing = [sample.sample for sample in samples if sample.n_cells_per_location is None]
     if missing and n_cells_per_location is None:
         raise InputError(
@@ -51,19 +46,25 @@ def sample_settings(samples: list[Sample], n_cells_per_location: float | None,
             "n_cells_per_location in the samplesheet; give the expected cells per spot (tissue dependent; the "
             "cell2location tutorial uses 30 for lymph node)"
         )
-    run_alpha = DEFAULT_DETECTION_ALPHA if detection_alpha is None else detection_alpha
+
+
+def sample_settings(samples: list[Sample], n_cells_per_location: float | None,
+                    detection_alpha: float) -> dict[str, dict]:
+    """Each sample's slide, expected cells per spot and detection alpha: its samplesheet value, else the run's
+    (:func:`check_cells_per_location`)."""
+    check_cells_per_location(samples, n_cells_per_location)
     return {
         sample.sample: {
             "slide": sample.slide or sample.sample,
             "n_cells_per_location": float(sample.n_cells_per_location or n_cells_per_location),
-            "detection_alpha": float(sample.detection_alpha or run_alpha),
+            "detection_alpha": float(sample.detection_alpha or detection_alpha),
         }
         for sample in samples
     }
 
 
-def write_plan(samples: list[Sample], mode: str, n_cells_per_location: float | None,
-               detection_alpha: float | None, outdir: str | os.PathLike) -> Path:
+def write_plan(samples: list[Sample], mode: str, n_cells_per_location: float | None, detection_alpha: float,
+               outdir: str | os.PathLike) -> Path:
     """Write ``OUTDIR/mapping_plan.csv``: one row per sample (samplesheet order, grouped), columns
     :data:`PLAN_COLUMNS`. Checks everything before writing."""
     from tissuemap.outputs import staged_outputs

@@ -27,7 +27,7 @@ from tissuemap import __version__
 from tissuemap.errors import InputError
 from tissuemap.log import logger
 from tissuemap.outputs import prepare_outdir, staged_outputs
-from tissuemap.plan import PLAN_FILE, mapping_groups, sample_settings
+from tissuemap.plan import PLAN_FILE, check_cells_per_location, mapping_groups
 from tissuemap.samplesheet import Sample, read_samplesheet
 
 # The libraries that shape a report's numbers; versions.json records every installed package.
@@ -181,8 +181,8 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path)
     """The steps for a samplesheet, in run order; validates the samplesheet and the options first.
 
     The mapping plan (`tissuemap plan`); QC of every sample; with a reference, gene filtering and signatures (skipped
-    when ``options.signatures`` is given); mapping by group (:func:`tissuemap.plan.mapping_groups`); the reference's report, every sample's report and the
-    summary. Paths in the steps' command lines are absolute.
+    when ``options.signatures`` is given); mapping by group (:func:`tissuemap.plan.mapping_groups`); the reference's
+    report, every sample's report and the summary. Paths in the steps' command lines are absolute.
     """
     if (options.reference is None) == (options.signatures is None):
         raise InputError("give either --reference (with --labels-key) to learn signatures, or --signatures")
@@ -191,7 +191,7 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path)
     outdir = Path(outdir).resolve()
     samples = read_samplesheet(samplesheet)
     groups = mapping_groups(samples, options.mapping_mode)
-    sample_settings(samples, options.n_cells_per_location, options.detection_alpha)  # its checks, before any step
+    check_cells_per_location(samples, options.n_cells_per_location)
     steps = [_plan_step(Path(samplesheet).resolve(), options, outdir), *_qc_steps(samples, options, outdir)]
     reference_dir = None
     if options.signatures is None:
