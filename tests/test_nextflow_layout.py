@@ -23,6 +23,9 @@ MODES = ("per-sample", "joint", "slide")
 # Nextflow's own files and MultiQC's are not `tissuemap run`'s; pipeline_info/ is compared by the plan alone
 PIPELINE_ONLY = re.compile(r"^(multiqc/|pipeline_info/(?!mapping_plan\.csv$))")
 RUNNER_ONLY = re.compile(r"^pipeline_info/(?!mapping_plan\.csv$)")
+# the pipeline's parameters of the run below (the mapping mode varies)
+PARAMS = {"reference": "lymph_node_330cells.h5ad", "labels_key": "cell_type", "n_cells_per_location": 30,
+          "detection_alpha": 20.0}
 
 
 def module_text(name: str) -> str:
@@ -46,7 +49,8 @@ def config_blocks(process: str) -> list[str]:
 def plan_options(params: dict) -> list[str]:
     """The options conf/modules.config gives `tissuemap plan`: each "--option ${params.NAME}" whose param is set."""
     options = []
-    for option, name in re.findall(r'"(--[a-z-]+) \$\{params\.(\w+)\}"', "".join(config_blocks("TISSUEMAP_PLAN"))):
+    block = "".join(config_blocks("TISSUEMAP_PLAN"))
+    for option, name in re.findall(r'"(--[a-z-]+) \'?\$\{params\.(\w+)\}\'?"', block):
         if params.get(name) is not None:
             options += [option, str(params[name])]
     return options
@@ -129,7 +133,7 @@ def run_results(real_data, samplesheet):
 @pytest.mark.parametrize("mode", MODES)
 def test_pipeline_fits_the_same_groups_and_publishes_the_same_files_as_run(mode, samplesheet, run_results,
                                                                            tmp_path):
-    params = {"mapping_mode": mode, "n_cells_per_location": 30, "detection_alpha": 20.0}
+    params = {**PARAMS, "mapping_mode": mode}
     # the pipeline's plan: `tissuemap plan` with conf/modules.config's options, as TISSUEMAP_PLAN runs it
     result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(params),
                                        "--outdir", str(tmp_path / "plan")])
@@ -162,7 +166,7 @@ def test_pipeline_fits_the_same_groups_and_publishes_the_same_files_as_run(mode,
 
 def test_both_engines_read_the_same_plan(samplesheet, run_results, tmp_path):
     """The run's plan (slide mode) is the file the pipeline's plan task writes with the same options."""
-    params = {"mapping_mode": "slide", "n_cells_per_location": 30, "detection_alpha": 20.0}
+    params = {**PARAMS, "mapping_mode": "slide"}
     result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(params),
                                        "--outdir", str(tmp_path)])
     assert result.exit_code == 0, result.output

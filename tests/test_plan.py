@@ -40,8 +40,8 @@ def test_plan_command_writes_the_plan_without_needing_the_sample_files(tmp_path)
     # in a Nextflow task the samples' folders are not there: the plan reads only names, slides and settings
     sheet = tmp_path / "samplesheet.csv"
     sheet.write_text("sample,h5ad,n_cells_per_location,slide\nb,gone/b.h5ad,,s1\na,gone/a.h5ad,7,s1\nc,gone/c.h5ad,,\n")
-    result = CliRunner().invoke(main, ["plan", "--input", str(sheet), "--mapping-mode", "slide",
-                                       "--n-cells-per-location", "30", "--outdir", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["plan", "--input", str(sheet), "--mapping-mode", "slide", "--signatures",
+                                       "s.csv", "--n-cells-per-location", "30", "--outdir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "mapping_plan.csv").read_text().splitlines() == [
         "group,sample,slide,n_cells_per_location,detection_alpha",
@@ -54,7 +54,8 @@ def test_plan_command_writes_the_plan_without_needing_the_sample_files(tmp_path)
 def test_plan_errors_are_one_line_and_write_nothing(tmp_path):
     sheet = tmp_path / "samplesheet.csv"
     sheet.write_text("sample,h5ad\na,a.h5ad\n")
-    result = CliRunner().invoke(main, ["plan", "--input", str(sheet), "--outdir", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["plan", "--input", str(sheet), "--signatures", "s.csv",
+                                       "--outdir", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert result.output.strip() == (
         "Error: --n-cells-per-location (Nextflow: --n_cells_per_location): sample(s) a have no n_cells_per_location "
@@ -64,3 +65,16 @@ def test_plan_errors_are_one_line_and_write_nothing(tmp_path):
     (tmp_path / "not_a_plan.csv").write_text("sample,x\na,1\n")
     with pytest.raises(InputError, match="not_a_plan.csv: not a mapping plan"):
         read_plan(tmp_path / "not_a_plan.csv")
+
+
+def test_plan_checks_the_signature_source_as_run_does(tmp_path):
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text("sample,h5ad,n_cells_per_location\na,a.h5ad,8\n")
+    base = ["plan", "--input", str(sheet), "--outdir", str(tmp_path / "out")]
+    both = CliRunner().invoke(main, [*base, "--reference", "r.h5ad", "--labels-key", "t", "--signatures", "s.csv"])
+    assert both.exit_code == 1 and both.output.strip() == (
+        "Error: give either --reference (with --labels-key; Nextflow: --labels_key) to learn signatures, or "
+        "--signatures: --signatures skips learning them (-profile test drops its reference then)")
+    no_labels = CliRunner().invoke(main, [*base, "--reference", "r.h5ad"])
+    assert no_labels.exit_code == 1 and "--reference needs --labels-key (Nextflow: --labels_key)" in no_labels.output
+    assert CliRunner().invoke(main, [*base, "--signatures", "s.csv"]).exit_code == 0

@@ -1,9 +1,10 @@
-"""The mapping plan: which samples are fitted together, and the settings each sample is mapped with.
+"""The run's plan: where the signatures come from, which samples are fitted together, and each sample's settings.
 
 Both engines take these decisions here and nowhere else: `tissuemap run` (tissuemap/runner.py) calls
-:func:`mapping_groups` and :func:`sample_settings` to plan its steps, and both it and the Nextflow pipeline run
-`tissuemap plan` once, before any other step, to write ``mapping_plan.csv``. Nextflow forms its mapping tasks from
-that file's ``group`` column; every map step reads its samples' settings from it (``tissuemap map --plan``).
+:func:`check_signature_source`, :func:`check_cells_per_location` and :func:`mapping_groups` to plan its steps, and
+both it and the Nextflow pipeline run `tissuemap plan` once, before any other step, to write ``mapping_plan.csv``.
+Nextflow forms its mapping tasks from that file's ``group`` column; every map step reads its samples' settings from
+it (``tissuemap map --plan``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ from tissuemap.samplesheet import Sample
 MAPPING_MODES = ("per-sample", "joint", "slide")
 PLAN_FILE = "mapping_plan.csv"
 PLAN_COLUMNS = ("group", "sample", "slide", "n_cells_per_location", "detection_alpha")
+
+
+def check_signature_source(reference: str | None, labels_key: str | None, signatures: str | None) -> None:
+    """Signatures are learnt from a reference (with the obs column of its cell types) or given from an earlier run;
+    never both, never neither."""
+    if (reference is None) == (signatures is None):
+        raise InputError(
+            "give either --reference (with --labels-key; Nextflow: --labels_key) to learn signatures, or --signatures"
+            + (": --signatures skips learning them (-profile test drops its reference then)" if reference else "")
+        )
+    if reference is not None and labels_key is None:
+        raise InputError("--reference needs --labels-key (Nextflow: --labels_key): the obs column holding each cell's "
+                         "type")
 
 
 def mapping_groups(samples: list[Sample], mode: str) -> dict[str, list[str]]:

@@ -24,10 +24,9 @@ from importlib import metadata
 from pathlib import Path
 
 from tissuemap import __version__
-from tissuemap.errors import InputError
 from tissuemap.log import logger
 from tissuemap.outputs import prepare_outdir, staged_outputs
-from tissuemap.plan import PLAN_FILE, check_cells_per_location, mapping_groups
+from tissuemap.plan import PLAN_FILE, check_cells_per_location, check_signature_source, mapping_groups
 from tissuemap.samplesheet import Sample, read_samplesheet
 
 # The libraries that shape a report's numbers; versions.json records every installed package.
@@ -97,7 +96,8 @@ def _plan_step(samplesheet: Path, options: RunOptions, outdir: Path) -> Step:
     """`tissuemap plan`: the mapping plan every map step reads, as in the Nextflow pipeline."""
     args = ("--input", str(samplesheet), "--mapping-mode", options.mapping_mode,
             *_given(("--n-cells-per-location", options.n_cells_per_location),
-                    ("--detection-alpha", options.detection_alpha)),
+                    ("--detection-alpha", options.detection_alpha), ("--reference", options.reference),
+                    ("--labels-key", options.labels_key), ("--signatures", options.signatures)),
             "--outdir", str(outdir / INFO_FOLDER))
     return Step("plan", "mapping plan", ("plan",), args, inputs=(samplesheet,))
 
@@ -184,10 +184,7 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path)
     when ``options.signatures`` is given); mapping by group (:func:`tissuemap.plan.mapping_groups`); the reference's
     report, every sample's report and the summary. Paths in the steps' command lines are absolute.
     """
-    if (options.reference is None) == (options.signatures is None):
-        raise InputError("give either --reference (with --labels-key) to learn signatures, or --signatures")
-    if options.reference is not None and options.labels_key is None:
-        raise InputError("--reference needs --labels-key: the obs column holding each cell's type")
+    check_signature_source(options.reference, options.labels_key, options.signatures)
     outdir = Path(outdir).resolve()
     samples = read_samplesheet(samplesheet)
     groups = mapping_groups(samples, options.mapping_mode)

@@ -24,7 +24,6 @@ workflow PIPELINE_INITIALISATION {
         validateParameters()
     }
     log.info(paramsSummaryLog(workflow))
-    checkReferenceOptions(reference, labels_key, signatures)
     writeParameters(parameters, outdir, run_suffix)
 
     def samplesheet = file(input, checkIfExists: true)
@@ -32,12 +31,13 @@ workflow PIPELINE_INITIALISATION {
         .fromList(samplesheetRows(samplesheet, "${projectDir}/assets/schema_input.json"))
         .map { meta, spaceranger_dir, h5ad -> [meta, spaceranger_dir ?: h5ad] }
 
-    ch_reference = signatures
-        ? channel.empty()
-        : channel.of([
+    // Both or neither are given: the first task, tissuemap plan, stops the run with the error of `tissuemap run`
+    ch_reference = reference
+        ? channel.of([
             [id: 'reference', labels_key: labels_key, batch_key: batch_key, covariate_keys: covariate_keys],
             file(reference, checkIfExists: true),
         ])
+        : channel.empty()
     ch_signatures = signatures ? channel.of(file(signatures, checkIfExists: true)) : channel.empty()
 
     emit:
@@ -80,19 +80,6 @@ def completionMessage(outdir) {
     }
     else {
         log.error("tissuemap: failed: ${workflow.errorMessage ?: 'see the error above'} (the run's log: .nextflow.log)")
-    }
-}
-
-// Signatures come from a reference (with the column of its cell types) or from an earlier run, never both.
-def checkReferenceOptions(reference, labels_key, signatures) {
-    if (!reference && !signatures) {
-        error("Give --reference (with --labels_key) to learn the cell-type signatures, or --signatures to reuse them")
-    }
-    if (reference && signatures) {
-        error("Give either --reference or --signatures, not both: --signatures skips learning them from the reference (-profile test yields its reference to --signatures; remove reference from a config of your own)")
-    }
-    if (reference && !labels_key) {
-        error("--reference needs --labels_key: the obs column of the reference holding each cell's type")
     }
 }
 
