@@ -73,10 +73,10 @@ def completionMessage(outdir) {
         return
     }
     def report = workflow.errorReport ?: ''
-    def task = (report =~ /Error executing process > '([^']+)'/).findAll()
+    def failed_task = (report =~ /Error executing process > '([^']+)'/).findAll()
     def work_dir = (report =~ /(?m)^Work dir:\s*\n\s*(\S+)/).findAll()
-    if (task && work_dir) {
-        log.error("tissuemap: failed in task ${task[0][1]}; its log: ${work_dir[0][1]}/.command.log (the run's: .nextflow.log)")
+    if (failed_task && work_dir) {
+        log.error("tissuemap: failed in task ${failed_task[0][1]}; its log: ${work_dir[0][1]}/.command.log (the run's: .nextflow.log)")
     }
     else {
         log.error("tissuemap: failed: ${workflow.errorMessage ?: 'see the error above'} (the run's log: .nextflow.log)")
