@@ -27,11 +27,10 @@ workflow {
     )
 
     TISSUEMAP(
+        PIPELINE_INITIALISATION.out.samplesheet,
         PIPELINE_INITIALISATION.out.samples,
         PIPELINE_INITIALISATION.out.reference,
         PIPELINE_INITIALISATION.out.signatures,
-        params.mapping_mode,
-        params.n_cells_per_location,
         !params.skip_multiqc,
     )
 

@@ -110,7 +110,7 @@ def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp
     assert result.exit_code == 0, result.output
     assert not (outdir / ".tiny.map.ckpt.pt").exists()
     for table in ("tiny.cell_abundance_q05.csv", "tiny.cell_abundance_mean.csv"):
-        assert (outdir / table).read_bytes() == (tmp_path / "whole" / table).read_bytes()
+        assert (outdir / "tiny" / table).read_bytes() == (tmp_path / "whole" / "tiny" / table).read_bytes()
     result = runner.invoke(main, map_command(spatial, signatures, outdir, "--resume"))
     assert result.exit_code == 0, result.output  # nothing to resume from: a fresh start
 

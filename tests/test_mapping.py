@@ -87,7 +87,7 @@ def average_precision(score: np.ndarray, present: np.ndarray) -> float:
 
 @pytest.mark.parametrize("sample", SAMPLES)
 def test_joint_mapping_recovers_the_true_cells(simulated, sample):
-    q05 = pd.read_csv(simulated / "map" / f"{sample}.cell_abundance_q05.csv", index_col=0)
+    q05 = pd.read_csv(simulated / "map" / sample / f"{sample}.cell_abundance_q05.csv", index_col=0)
     truth = pd.read_csv(simulated / "data" / "truth" / f"{sample}.cell_abundance.csv", index_col=0)
     truth = truth.loc[q05.index, q05.columns]
     assert np.corrcoef(q05.to_numpy().ravel(), truth.to_numpy().ravel())[0, 1] >= 0.8
@@ -100,7 +100,7 @@ def test_joint_mapping_recovers_the_true_cells(simulated, sample):
 
 
 def test_joint_fit_gives_each_sample_its_own_detection(simulated):
-    fitted = {sample: ad.read_h5ad(simulated / "map" / f"{sample}.abundance.h5ad") for sample in SAMPLES}
+    fitted = {sample: ad.read_h5ad(simulated / "map" / sample / f"{sample}.abundance.h5ad") for sample in SAMPLES}
     for sample, adata in fitted.items():
         mod = adata.uns["mod"]
         assert list(mod["samples_fitted_together"]) == list(SAMPLES)
@@ -125,7 +125,7 @@ def test_command_writes_every_output(simulated):
     outdir = simulated / "map"
     cell_types = list(pd.read_csv(simulated / "data" / "truth" / "profiles.csv", index_col=0).columns)
     for sample in SAMPLES:
-        adata = ad.read_h5ad(outdir / f"{sample}.abundance.h5ad")
+        adata = ad.read_h5ad(outdir / sample / f"{sample}.abundance.h5ad")
         assert list(adata.uns["mod"]["factor_names"]) == cell_types
         for k in ("means", "stds", "q05", "q95"):
             table = adata.obsm[f"{k}_cell_abundance_w_sf"]
@@ -140,22 +140,22 @@ def test_command_writes_every_output(simulated):
         assert adata.n_vars == int(SIMULATION["n_genes"]) - 13 and sp.issparse(adata.X)
 
         for summary, k in (("q05", "q05"), ("mean", "means")):
-            table = pd.read_csv(outdir / f"{sample}.cell_abundance_{summary}.csv", index_col=0)
+            table = pd.read_csv(outdir / sample / f"{sample}.cell_abundance_{summary}.csv", index_col=0)
             assert list(table.columns) == cell_types and list(table.index) == list(adata.obs_names)
             np.testing.assert_allclose(table.to_numpy(), adata.obsm[f"{k}_cell_abundance_w_sf"].to_numpy(), rtol=1e-6)
 
-        history = json.loads((outdir / f"{sample}.mapping_history.json").read_text())
+        history = json.loads((outdir / sample / f"{sample}.mapping_history.json").read_text())
         assert history["steps"] == STEPS and len(history["loss"]) == STEPS
         assert history["samples_fitted_together"] == list(SAMPLES) and history["device"].startswith("cpu")
         assert {"read", "data_setup", "model_setup", "training", "export", "write"} <= set(history["seconds"])
         assert np.mean(history["loss"][-100:]) < np.mean(history["loss"][:100])
         for figure in FIGURES:
-            assert (outdir / f"{sample}.{figure}.png").stat().st_size > 0
+            assert (outdir / sample / f"{sample}.{figure}.png").stat().st_size > 0
     assert not list(outdir.glob(".tissuemap-staging-*"))
 
 
 def test_expected_expression_splits_each_count_among_types(simulated):
-    adata = ad.read_h5ad(simulated / "map" / "sample1.abundance.h5ad")
+    adata = ad.read_h5ad(simulated / "map" / "sample1" / "sample1.abundance.h5ad")
     signatures = pd.read_csv(simulated / "data" / "truth" / "profiles.csv", index_col=0)
     means = adata.uns["mod"]["post_sample_means"]
     cell_part = means["w_sf"] @ (signatures.loc[adata.var_names].to_numpy().T * means["m_g"])
@@ -325,3 +325,22 @@ def test_bad_signatures_are_rejected(tmp_path):
     pd.DataFrame({"T": [1.0, -1.0], "B": [1.0, 2.0]}, index=["g1", "g2"]).to_csv(path)
     with pytest.raises(InputError, match="row 'g2', column 'T'.*non-negative"):
         read_signatures(path)
+
+
+def test_the_mapping_plan_gives_each_sample_its_settings_and_the_fitting_order(simulated):
+    spatial = [simulated / "qc" / f"{sample}.qc.h5ad" for sample in SAMPLES]
+    plan = {"sample1": {"slide": "A", "n_cells_per_location": 5.0, "detection_alpha": 200.0, "order": 1},
+            "sample2": {"slide": "A", "n_cells_per_location": 9.0, "detection_alpha": 20.0, "order": 0}}
+    # the plan's values win over the arguments (and the qc file's)
+    sample = read_spatial_sample(spatial[0], 30.0, 1.0, plan)
+    assert (sample.n_cells_per_location, sample.detection_alpha, sample.slide) == (5.0, 200.0, "A")
+    with pytest.raises(InputError, match=r"sample1.qc.h5ad: sample 'sample1' is not in the mapping plan \(--plan\)"):
+        read_spatial_sample(spatial[0], 30.0, 20.0, {"other": plan["sample1"]})
+    with pytest.raises(InputError, match="no n_cells_per_location for sample 'sample1'; give --n-cells-per-location"):
+        read_spatial_sample(spatial[0], None)
+    # the samples are fitted in the plan's order whatever order they are given in, on the plan's slide
+    setup = small_setup(simulated)
+    result = map_samples(spatial, simulated / "data" / "truth" / "profiles.csv", n_cells_per_location=None, plan=plan,
+                         max_epochs=2, min_shared_genes=int(SHARED_GENES), device="cpu", progress=False)
+    assert [sample.name for sample in result.setup.samples] == ["sample2", "sample1"]
+    assert result.setup.batch_names == ["A"] and setup.batch_names == ["sample1"]

@@ -17,6 +17,7 @@ import pytest
 
 from tissuemap import __version__
 from tissuemap.cli import main
+from tissuemap.plan import MAPPING_MODES
 from tissuemap.samplesheet import read_samplesheet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 PARAMETER_DEFAULTS_FROM_CLI = {
     "min_counts": (("qc",), "min_counts"),
     "regression_epochs": (("signatures",), "max_epochs"),
-    "detection_alpha": (("map",), "detection_alpha"),
+    "mapping_mode": (("plan",), "mapping_mode"),
+    "detection_alpha": (("plan",), "detection_alpha"),
     "mapping_epochs": (("map",), "max_epochs"),
     "min_shared_genes": (("map",), "min_shared_genes"),
     "seed": (("map",), "seed"),
@@ -141,7 +143,7 @@ def tissuemap_command_lines(module: Path) -> list[str]:
 
 def test_every_step_has_a_module():
     assert {module.parent.name for module in MODULES} >= {
-        "qc", "filter_genes", "signatures", "map", "report_sample", "report_reference", "report_summary",
+        "plan", "qc", "filter_genes", "signatures", "map", "report_sample", "report_reference", "report_summary",
         "multiqc_content", "multiqc",
     }
 
@@ -167,7 +169,7 @@ def test_module_command_line_is_accepted_by_the_cli(module, tmp_path):
         ("tissuemap-filter-genes --reference ${reference} --outdir .", [], click.MissingParameter),
         ("tissuemap-qc --sample ${meta.id} --input ${x} --outdir .", ["--min-count"], click.NoSuchOption),
         ("tissuemap-signatures --reference ${r} --labels-key k --device gpu --outdir .", [], click.BadParameter),
-        ("tissuemap-map --spatial ${spatial} --signatures ${signatures} --outdir .", [], click.MissingParameter),
+        ("tissuemap-map --spatial ${spatial} --plan ${plan} --outdir .", [], click.MissingParameter),
     ],
     ids=["renamed-option", "missing-required", "renamed-ext-args-option", "refused-value", "map-missing-required"],
 )
@@ -235,13 +237,15 @@ def test_pipeline_defaults_are_the_steps_defaults(parameter):
 
 
 def test_mapping_modes_and_required_parameters_match_the_local_runner():
-    run = click_command(("run",))
-    modes = next(param.type.choices for param in run.params if param.name == "mapping_mode")
     rule = schema_params()["mapping_mode"]
-    assert rule["enum"] == list(modes) and rule["default"] == config_params()["mapping_mode"]
-    # `tissuemap map` requires --n-cells-per-location: so does the pipeline
+    for words in (("run",), ("plan",)):
+        modes = next(param.type.choices for param in click_command(words).params if param.name == "mapping_mode")
+        assert rule["enum"] == list(modes) == list(MAPPING_MODES)
+    # n_cells_per_location is optional in both engines (tissuemap plan requires it when a sample has none)
     schema = json.loads((ROOT / "nextflow_schema.json").read_text())
-    assert "n_cells_per_location" in schema["$defs"]["mapping_options"]["required"]
+    assert "n_cells_per_location" not in schema["$defs"]["mapping_options"].get("required", [])
+    for words in (("run",), ("plan",)):
+        assert not next(param for param in click_command(words).params if param.name == "n_cells_per_location").required
 
 
 def test_container_image_carries_the_package_version():
@@ -255,7 +259,7 @@ def test_container_image_carries_the_package_version():
 
 def test_test_profile_data_passes_the_samplesheet_validation():
     test_config = (ROOT / "conf" / "test.config").read_text()
-    paths = dict(re.findall(r'^\s*(input|reference)\s*=\s*"\$\{projectDir\}/([^"]+)"', test_config, re.MULTILINE))
+    paths = dict(re.findall(r'^\s*(input|reference)\s*=[^"\n]*"\$\{projectDir\}/([^"]+)"', test_config, re.MULTILINE))
     samples = read_samplesheet(ROOT / paths["input"])
     assert [sample.sample for sample in samples] == ["sample1", "sample2"]
     assert (ROOT / paths["reference"]).is_file()

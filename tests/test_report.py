@@ -46,8 +46,11 @@ def make_sample_folder(real_data, reference_folder, folder, sample=SAMPLE):
     signatures = pd.read_csv(reference_folder / "signatures.csv", index_col=0).rename(columns=RENAMED_TYPES)
     signatures.to_csv(folder.parent / f"{folder.name}_signatures.csv")
     invoke("qc", "--sample", sample, "--input", real_data / "visium" / "breast_crop", "--outdir", folder)
+    mapped = folder.parent / f"{folder.name}_mapped"
     invoke("map", "--spatial", folder / f"{sample}.qc.h5ad", "--signatures", folder.parent / f"{folder.name}_signatures.csv",
-           "--n-cells-per-location", 30, "--max-epochs", MAPPING_STEPS, "--outdir", folder)
+           "--n-cells-per-location", 30, "--max-epochs", MAPPING_STEPS, "--outdir", mapped)
+    for path in (mapped / sample).iterdir():  # the map step writes into mapped/SAMPLE/
+        path.rename(folder / path.name)
     return folder
 
 

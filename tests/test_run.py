@@ -11,7 +11,7 @@ from test_report import assert_self_contained, cell_texts
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
-from tissuemap.runner import RunOptions, _distribute, plan_steps
+from tissuemap.runner import RunOptions, plan_steps
 
 REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
 
@@ -41,19 +41,22 @@ def option(step, name):
 def test_plan_runs_every_step_in_order(three_samples, tmp_path):
     steps = plan_steps(three_samples, REFERENCE_OPTIONS, tmp_path / "results")
     assert [step.key for step in steps] == [
-        "qc/a", "qc/b", "qc/c", "filter-genes", "signatures", "map/a", "map/b", "map/c",
+        "plan", "qc/a", "qc/b", "qc/c", "filter-genes", "signatures", "map/a", "map/b", "map/c",
         "report/reference", "report/a", "report/b", "report/c", "summary",
     ]
     results = tmp_path / "results"
     steps = {step.key: step for step in steps}
-    # the samplesheet's own settings go to the qc step, which stores them for the mapping
-    assert option(steps["qc/c"], "--n-cells-per-location") == "12.0"
-    assert option(steps["qc/c"], "--detection-alpha") == "200.0"
-    assert option(steps["qc/a"], "--slide") == "s1" and "--slide" not in steps["qc/c"].args
+    # the samplesheet's per-sample settings reach the map steps through the plan, not through qc
+    assert steps["plan"].command_line().endswith(
+        "--mapping-mode per-sample --n-cells-per-location 30 --reference ref.h5ad --labels-key cell_type "
+        f"--outdir {results / 'pipeline_info'}")
+    assert steps["qc/c"].args == ("--sample", "c", "--input", option(steps["qc/c"], "--input"), "--outdir",
+                                  str(results / "c"))
     assert option(steps["signatures"], "--reference") == str(results / "reference" / "reference.filtered.h5ad")
-    assert option(steps["map/a"], "--outdir") == str(results / "a")
+    assert option(steps["map/a"], "--outdir") == str(results)
+    assert option(steps["map/a"], "--plan") == str(results / "pipeline_info" / "mapping_plan.csv")
     assert option(steps["map/a"], "--signatures") == str(results / "reference" / "signatures.csv")
-    assert steps["map/a"].needs == ("qc/a", "signatures")
+    assert steps["map/a"].needs == ("plan", "qc/a", "signatures")
     # options not given are left to each step's default
     assert "--max-epochs" not in steps["map/a"].args and "--device" not in steps["signatures"].args
 
@@ -66,24 +69,22 @@ def test_run_options_reach_the_training_steps(three_samples, tmp_path):
         "--labels-key cell_type --batch-key batch --covariate-keys tech --max-epochs 7 --device cpu --seed 3 "
         f"--outdir {tmp_path / 'reference'}"
     )
-    assert "--n-cells-per-location 20 --max-epochs 11 --device cpu --seed 3" in steps["map/c"].command_line()
+    assert option(steps["plan"], "--n-cells-per-location") == "20"
+    assert "--max-epochs 11 --device cpu --seed 3" in steps["map/c"].command_line()
 
 
 def test_joint_and_slide_modes_map_samples_together(three_samples, tmp_path):
     joint = steps_by_key(three_samples, RunOptions(**{**REFERENCE_OPTIONS.__dict__, "mapping_mode": "joint"}), tmp_path)
     assert [key for key in joint if key.startswith("map/")] == ["map/a+b+c"]
     step = joint["map/a+b+c"]
-    assert step.distribute == ("a", "b", "c")
     assert step.args[: 4] == ("--spatial", *(str(tmp_path / name / f"{name}.qc.h5ad") for name in "abc"))
-    assert option(step, "--outdir") == str(tmp_path / ".mapping" / "joint")
+    # the map step writes each sample's files into its folder itself
+    assert option(step, "--outdir") == str(tmp_path)
     assert joint["report/b"].needs == ("qc/b", "map/a+b+c")
 
     by_slide = steps_by_key(three_samples, RunOptions(**{**REFERENCE_OPTIONS.__dict__, "mapping_mode": "slide"}),
                             tmp_path)
     assert [key for key in by_slide if key.startswith("map/")] == ["map/a+b", "map/c"]
-    assert by_slide["map/a+b"].distribute == ("a", "b")
-    # a sample alone on its slide is written straight into its folder
-    assert by_slide["map/c"].distribute == () and option(by_slide["map/c"], "--outdir") == str(tmp_path / "c")
 
 
 def test_given_signatures_skip_the_reference_steps(three_samples, tmp_path):
@@ -95,7 +96,8 @@ def test_given_signatures_skip_the_reference_steps(three_samples, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (RunOptions(), "give either --reference (with --labels-key) to learn signatures, or --signatures"),
+    (RunOptions(), "give either --reference (with --labels-key; Nextflow: --labels_key) to learn signatures, or "
+                   "--signatures"),
     (RunOptions(reference="r.h5ad", labels_key="t", signatures="s.csv"), "give either --reference"),
     (RunOptions(reference="r.h5ad"), "--reference needs --labels-key"),
 ])
@@ -105,34 +107,13 @@ def test_reference_or_signatures_is_required(three_samples, tmp_path, options, m
 
 
 def test_cells_per_location_from_the_run_or_else_from_the_samplesheet(three_samples, tmp_path):
-    with pytest.raises(InputError, match=r"--n-cells-per-location: sample\(s\) a, b have no n_cells_per_location"):
+    with pytest.raises(InputError, match=r"--n-cells-per-location \(Nextflow: --n_cells_per_location\): sample\(s\) a, b have "):
         plan_steps(three_samples, RunOptions(signatures="s.csv"), tmp_path)
     only_c = tmp_path / "c.csv"
     only_c.write_text(three_samples.read_text().splitlines()[0] + "\n" + three_samples.read_text().splitlines()[3])
     steps = steps_by_key(only_c, RunOptions(signatures="s.csv"), tmp_path)
-    # the map step needs the option; c's own value (which the map step would take anyway) stands in for the run's
-    assert option(steps["map/c"], "--n-cells-per-location") == "12.0"
-
-
-def test_jointly_mapped_files_go_to_each_samples_folder(tmp_path):
-    work = tmp_path / ".mapping" / "joint"
-    work.mkdir(parents=True)
-    for name in ("a.abundance.h5ad", "a.b.abundance.h5ad", "a.b.mapping_elbo.png"):
-        (work / name).write_text(name)
-    _distribute(work, tmp_path, ("a", "a.b"))
-    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == [
-        "a.b/a.b.abundance.h5ad", "a.b/a.b.mapping_elbo.png", "a/a.abundance.h5ad",
-    ]
-
-
-def test_a_file_of_no_sample_moves_nothing(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "a.abundance.h5ad").write_text("a")
-    (work / "stray.txt").write_text("?")
-    with pytest.raises(RuntimeError, match="stray.txt: the mapping step wrote a file of no sample among a, b"):
-        _distribute(work, tmp_path / "results", ("a", "b"))
-    assert not (tmp_path / "results" / "a").exists()
+    # every sample has its own value: the run needs none, and passes none
+    assert "--n-cells-per-location" not in steps["plan"].args + steps["map/c"].args
 
 
 # --- end to end: breast_crop twice (jointly mapped) with the lymph node reference, a few training steps ---
@@ -186,7 +167,7 @@ def test_run_writes_the_documented_layout(results):
             "cell_abundance_mean.csv", "cell_abundance_spatial.png", "mapping_history.json", "mapping_elbo.png",
             "mapping_observed_vs_expected.png", "mapping_cells_vs_counts.png", "report.html",
         ])
-    assert names(results / "pipeline_info") == ["params.json", "steps.json", "versions.json"]
+    assert names(results / "pipeline_info") == ["mapping_plan.csv", "params.json", "steps.json", "versions.json"]
 
 
 def test_signatures_and_abundance_hold_every_cell_type(results):
@@ -240,10 +221,13 @@ def test_pipeline_info_records_parameters_versions_and_steps(results):
     assert {"python", "tissuemap", "torch", "pyro-ppl", "scanpy", "anndata", "jinja2", "click"} <= set(versions)
     steps = json.loads((info / "steps.json").read_text())
     assert [step["key"] for step in steps] == [
-        "qc/breast_a", "qc/breast_b", "filter-genes", "signatures", "map/breast_a+breast_b", "report/reference",
-        "report/breast_a", "report/breast_b", "summary"]
+        "plan", "qc/breast_a", "qc/breast_b", "filter-genes", "signatures", "map/breast_a+breast_b",
+        "report/reference", "report/breast_a", "report/breast_b", "summary"]
     assert all(step["status"] == "ran" and step["seconds"] > 0 for step in steps)
-    mapping = steps[4]
+    assert (info / "mapping_plan.csv").read_text().splitlines() == [
+        "group,sample,slide,n_cells_per_location,detection_alpha",
+        "joint,breast_a,breast_a,30.0,20.0", "joint,breast_b,breast_b,20.0,20.0"]
+    mapping = steps[5]
     assert mapping["command"].startswith(f"tissuemap map --spatial {results}/breast_a/breast_a.qc.h5ad ")
     assert "breast_b/breast_b.abundance.h5ad" in mapping["outputs"]
 
@@ -256,7 +240,7 @@ def test_rerun_reuses_finished_steps_and_force_runs_them_again(real_data, result
             "--outdir", rerun]
     args = [*base, "--mapping-epochs", 2]
     run_pipeline(*args)
-    everything = {"qc/breast", "map/breast", "report/breast", "summary"}
+    everything = {"plan", "qc/breast", "map/breast", "report/breast", "summary"}
     assert step_status(rerun) == dict.fromkeys(everything, "ran")
     first = file_stats(rerun)
 
@@ -267,7 +251,8 @@ def test_rerun_reuses_finished_steps_and_force_runs_them_again(real_data, result
 
     # another mapping option: the mapping and what reads it run again, QC is reused
     run_pipeline(*base, "--mapping-epochs", 3)
-    assert step_status(rerun) == {"qc/breast": "reused", "map/breast": "ran", "report/breast": "ran", "summary": "ran"}
+    assert step_status(rerun) == {"plan": "reused", "qc/breast": "reused", "map/breast": "ran", "report/breast": "ran",
+                                  "summary": "ran"}
     after_mapping = file_stats(rerun)
     assert after_mapping["breast/breast.qc.h5ad"] == first["breast/breast.qc.h5ad"]
     assert after_mapping["breast/breast.abundance.h5ad"] != first["breast/breast.abundance.h5ad"]
@@ -289,9 +274,9 @@ def test_a_failed_step_leaves_no_partial_outputs(real_data, tmp_path):
                                        "--outdir", str(results)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: ")
-    # QC finished and is kept (and recorded for reuse); the mapping left nothing, not even its work folder
+    # the plan and QC finished and are kept (and recorded for reuse); the mapping left nothing
     for sample in ("breast_a", "breast_b"):
         assert sorted(path.name for path in (results / sample).iterdir()) == [
             f"{sample}.qc.h5ad", f"{sample}.qc.json", f"{sample}.qc_histograms.png", f"{sample}.qc_spatial.png"]
     assert sorted(path.name for path in results.iterdir()) == ["breast_a", "breast_b", "pipeline_info"]
-    assert step_status(results) == {"qc/breast_a": "ran", "qc/breast_b": "ran"}
+    assert step_status(results) == {"plan": "ran", "qc/breast_a": "ran", "qc/breast_b": "ran"}

@@ -89,14 +89,16 @@ def check_training_options(max_epochs: int, lr: float) -> None:
 
 def read_spatial_sample(
     path: str | os.PathLike,
-    n_cells_per_location: float = MAPPING_N_CELLS_PER_LOCATION,
+    n_cells_per_location: float | None = MAPPING_N_CELLS_PER_LOCATION,
     detection_alpha: float = MAPPING_DETECTION_ALPHA,
+    plan: dict[str, dict] | None = None,
 ) -> SpatialSample:
     """Read one QC'd sample (``tissuemap qc`` output) and the hyper-parameters to map it with.
 
-    ``uns['tissuemap']`` of the file may hold the sample's ``n_cells_per_location``, ``detection_alpha`` and
-    ``slide`` (from the samplesheet): they override the arguments. The sample is named by
-    ``uns['tissuemap']['sample']``, else by its file name without ``.qc.h5ad``.
+    The sample's ``n_cells_per_location``, ``detection_alpha`` and ``slide`` come from its row of the mapping plan
+    (``plan``, :func:`tissuemap.plan.read_plan`), else from ``uns['tissuemap']`` of the file (``tissuemap qc`` run
+    by hand with those options), else from the arguments. The sample is named by ``uns['tissuemap']['sample']``,
+    else by its file name without ``.qc.h5ad``.
 
     Raises
     ------
@@ -126,6 +128,14 @@ def read_spatial_sample(
     name = validate_name(str(settings.get("sample") or path.name.removesuffix(".h5ad").removesuffix(".qc")),
                          where=str(path))
     where = f"{path}: uns['tissuemap']"
+    if plan is not None:
+        if name not in plan:
+            raise InputError(f"{path}: sample {name!r} is not in the mapping plan (--plan); plan this samplesheet's "
+                             "samples with tissuemap plan")
+        settings, where = plan[name], "--plan"
+    if "n_cells_per_location" not in settings and n_cells_per_location is None:
+        raise InputError(f"{path}: no n_cells_per_location for sample {name!r}; give --n-cells-per-location (the "
+                         "expected cells per spot) or --plan")
     n_cells = _positive(settings.get("n_cells_per_location", n_cells_per_location), "n_cells_per_location",
                         where if "n_cells_per_location" in settings else "--n-cells-per-location")
     alpha = _positive(settings.get("detection_alpha", detection_alpha), "detection_alpha",
@@ -752,8 +762,9 @@ class MappingResult:
 def map_samples(
     spatial_paths: list[str | os.PathLike],
     signatures_path: str | os.PathLike,
-    n_cells_per_location: float = MAPPING_N_CELLS_PER_LOCATION,
+    n_cells_per_location: float | None = MAPPING_N_CELLS_PER_LOCATION,
     detection_alpha: float = MAPPING_DETECTION_ALPHA,
+    plan: dict[str, dict] | None = None,
     max_epochs: int = MAPPING_MAX_EPOCHS,
     lr: float = MAPPING_LR,
     device: str = "auto",
@@ -769,8 +780,9 @@ def map_samples(
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
     Reads the inputs (:func:`read_spatial_sample`, :func:`read_signatures`), sets up the data
-    (:func:`setup_mapping`), trains (:func:`fit_mapping`) and exports (:func:`export_mapping`); per-sample
-    ``uns['tissuemap']`` values override ``n_cells_per_location`` and ``detection_alpha``.
+    (:func:`setup_mapping`), trains (:func:`fit_mapping`) and exports (:func:`export_mapping`); each sample's row of
+    the mapping ``plan`` (or its ``uns['tissuemap']`` values) overrides ``n_cells_per_location`` and
+    ``detection_alpha``. With a plan, the samples are fitted in its order, whatever order they are given in.
 
     With ``checkpoint_dir``, training saves its state every ``checkpoint_every`` steps to
     ``checkpoint_dir/.NAME.map.ckpt.pt`` (NAME: the sample names joined by ``+``) and, with ``resume``, continues
@@ -787,7 +799,8 @@ def map_samples(
     from tissuemap.models.device import resolve_device
 
     started = time.perf_counter()
-    _positive(n_cells_per_location, "the number of cells per location", "--n-cells-per-location")
+    if n_cells_per_location is not None:
+        _positive(n_cells_per_location, "the number of cells per location", "--n-cells-per-location")
     _positive(detection_alpha, "detection alpha", "--detection-alpha")
     check_training_options(max_epochs, lr)
     if threads is not None:
@@ -795,7 +808,9 @@ def map_samples(
 
         use_threads(threads)
     torch_device = resolve_device(device)
-    samples = [read_spatial_sample(path, n_cells_per_location, detection_alpha) for path in spatial_paths]
+    samples = [read_spatial_sample(path, n_cells_per_location, detection_alpha, plan) for path in spatial_paths]
+    if plan is not None:
+        samples.sort(key=lambda sample: plan[sample.name]["order"])
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
     setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
@@ -845,7 +860,8 @@ def history_record(result: MappingResult, name: str) -> dict:
 
 
 def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> None:
-    """Write, per sample, via a staging folder (all files or none):
+    """Write, per sample into its own folder ``OUTDIR/NAME/`` (the layout of a run's results), via a staging folder
+    (all files of all samples or none):
 
     ``NAME.abundance.h5ad`` (:func:`export_mapping`), ``NAME.cell_abundance_q05.csv`` and
     ``NAME.cell_abundance_mean.csv`` (barcodes × cell types), ``NAME.mapping_history.json`` (:func:`history_record`),
@@ -859,8 +875,10 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
     started = time.perf_counter()
     setup, fit = result.setup, result.fit
     means = result.summaries["means"]
-    with staged_outputs(outdir) as staging:
+    with staged_outputs(outdir) as staged:
         for name, adata in result.samples.items():
+            staging = staged / name
+            staging.mkdir()
             adata.write_h5ad(staging / f"{name}.abundance.h5ad", compression="gzip")
             for k, label in (("q05", "q05"), ("means", "mean")):
                 table = adata.obsm[f"{k}_cell_abundance_w_sf"].copy()
@@ -881,7 +899,7 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
         fit.seconds["write"] = time.perf_counter() - started
         for name in result.samples:
             history = json.dumps(history_record(result, name), indent=1)
-            (staging / f"{name}.mapping_history.json").write_text(history + "\n")
+            (staged / name / f"{name}.mapping_history.json").write_text(history + "\n")
     if result.checkpoint is not None:
         result.checkpoint.discard()
     logger.info("wrote the mapping of %s to %s", ", ".join(result.samples), outdir)

@@ -11,14 +11,12 @@ unchanged, and every step it depends on was reused too.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,19 +25,15 @@ from pathlib import Path
 
 from tissuemap import __version__
 from tissuemap.defaults import SIGNATURES_MIN_CELLS_PER_TYPE
-from tissuemap.errors import InputError
 from tissuemap.log import counted, logger
 from tissuemap.outputs import prepare_outdir, staged_outputs
+from tissuemap.plan import PLAN_FILE, check_cells_per_location, check_signature_source, mapping_groups
 from tissuemap.samplesheet import Sample, read_samplesheet
 
 # The libraries that shape a report's numbers; versions.json records every installed package.
 KEY_PACKAGES = ("anndata", "scanpy", "numpy", "scipy", "pandas", "torch", "pyro-ppl", "matplotlib", "h5py")
-MAPPING_MODES = ("per-sample", "joint", "slide")
 REFERENCE_FOLDER = "reference"
 INFO_FOLDER = "pipeline_info"
-# Jointly mapped samples are written here first, then moved into each sample's folder. Hidden, so that no step
-# (the summary's sample search, the output snapshots) mistakes it for results.
-MAPPING_WORK_FOLDER = ".mapping"
 STEPS_FILE = "steps.json"
 
 
@@ -61,9 +55,6 @@ class Step:
         Files or folders from outside the run that the step reads: a change in them means rerunning it.
     needs
         Keys of the steps whose outputs it reads: when one of them runs again, so does this step.
-    distribute
-        Samples whose files (``NAME.*``) the command writes into one folder of ``MAPPING_WORK_FOLDER``; they are
-        moved into each sample's own folder afterwards.
     """
 
     key: str
@@ -72,7 +63,6 @@ class Step:
     args: tuple[str, ...]
     inputs: tuple[Path, ...] = ()
     needs: tuple[str, ...] = ()
-    distribute: tuple[str, ...] = ()
 
     def command_line(self) -> str:
         """The step as one shell command line."""
@@ -113,6 +103,11 @@ class RunOptions:
 # run option, "--" + the field's name with dashes) that sets it. The steps' command lines are built from this table,
 # and the steps' error messages are translated with it, so that a message names the option the user can give.
 PASSED_OPTIONS: dict[str, dict[str, str]] = {
+    "plan": {
+        "--mapping-mode": "mapping_mode", "--n-cells-per-location": "n_cells_per_location",
+        "--detection-alpha": "detection_alpha", "--reference": "reference", "--labels-key": "labels_key",
+        "--signatures": "signatures",
+    },
     "qc": {"--min-counts": "min_counts"},
     "filter-genes": {
         "--layer": "layer", "--cell-count-cutoff": "cell_count_cutoff",
@@ -124,8 +119,7 @@ PASSED_OPTIONS: dict[str, dict[str, str]] = {
         "--batch-size": "regression_batch_size", "--device": "device", "--seed": "seed", "--threads": "threads",
     },
     "map": {
-        "--detection-alpha": "detection_alpha", "--max-epochs": "mapping_epochs", "--lr": "lr",
-        "--min-shared-genes": "min_shared_genes", "--device": "device", "--seed": "seed", "--threads": "threads",
+        "--max-epochs": "mapping_epochs", "--lr": "lr", "--min-shared-genes": "min_shared_genes", "--device": "device", "--seed": "seed", "--threads": "threads",
     },
 }
 
@@ -141,11 +135,6 @@ def _passed(command: str, options: RunOptions) -> list[str]:
     return [str(part) for option, value in pairs if value is not None for part in (option, value)]
 
 
-def _given(*pairs) -> list[str]:
-    """Command-line options for the (option, value) pairs whose value is not ``None``."""
-    return [str(part) for option, value in pairs if value is not None for part in (option, value)]
-
-
 def translate_message(message: str, command: tuple[str, ...]) -> str:
     """``message`` of step ``command`` with each step option it names replaced by the run option that sets it."""
     renamed = {option: run_option(field) for option, field in PASSED_OPTIONS.get(command[0], {}).items()}
@@ -153,47 +142,19 @@ def translate_message(message: str, command: tuple[str, ...]) -> str:
     return pattern.sub(lambda match: renamed.get(match.group(1), match.group(1)), message)
 
 
-def mapping_groups(samples: list[Sample], mode: str) -> dict[str, list[str]]:
-    """Samples fitted together, by group name: each alone (``per-sample``), all together (``joint``) or those
-    sharing a ``slide`` value (``slide``; a sample without one is its own slide, as in the qc step)."""
-    if mode == "per-sample":
-        return {sample.sample: [sample.sample] for sample in samples}
-    if mode == "joint":
-        return {"joint": [sample.sample for sample in samples]}
-    if mode == "slide":
-        groups: dict[str, list[str]] = {}
-        for sample in samples:
-            groups.setdefault(f"slide-{sample.slide or sample.sample}", []).append(sample.sample)
-        return groups
-    raise InputError(f"--mapping-mode: {mode!r} is not one of {', '.join(MAPPING_MODES)}")
 
-
-def _n_cells_per_location(samples: list[Sample], default: float | None) -> dict[str, float]:
-    """Each sample's expected cells per spot: its samplesheet value, else ``default`` (--n-cells-per-location).
-
-    The map step needs the option even where every sample it fits has its own value (which takes precedence), so a
-    sample's value stands in for the run's when that is not given.
-    """
-    missing = [sample.sample for sample in samples if sample.n_cells_per_location is None]
-    if missing and default is None:
-        raise InputError(
-            f"--n-cells-per-location: sample(s) {', '.join(missing)} have no n_cells_per_location in the samplesheet; "
-            "give the expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node)"
-        )
-    return {sample.sample: default if default is not None else sample.n_cells_per_location for sample in samples}
+def _plan_step(samplesheet: Path, options: RunOptions, outdir: Path) -> Step:
+    """`tissuemap plan`: the mapping plan every map step reads, as in the Nextflow pipeline."""
+    args = ("--input", str(samplesheet), *_passed("plan", options), "--outdir", str(outdir / INFO_FOLDER))
+    return Step("plan", "mapping plan", ("plan",), args, inputs=(samplesheet,))
 
 
 def _qc_steps(samples: list[Sample], options: RunOptions, outdir: Path) -> list[Step]:
-    """QC of every sample; the samplesheet's per-sample settings are stored by qc for the mapping."""
+    """QC of every sample."""
     steps = []
     for sample in samples:
         args = ["--sample", sample.sample, "--input", str(sample.path), "--outdir", str(outdir / sample.sample)]
         args += _passed("qc", options)
-        args += _given(
-            ("--n-cells-per-location", sample.n_cells_per_location),
-            ("--detection-alpha", sample.detection_alpha),
-            ("--slide", sample.slide),
-        )
         steps.append(Step(f"qc/{sample.sample}", f"{sample.sample}: QC", ("qc",), tuple(args), inputs=(sample.path,)))
     return steps
 
@@ -219,26 +180,23 @@ def _map_key(names: list[str]) -> str:
     return f"map/{'+'.join(names)}"
 
 
-def _mapping_steps(samples: list[Sample], groups: dict[str, list[str]], options: RunOptions, outdir: Path,
-                   signatures: Path) -> list[Step]:
-    """One map step per group of samples fitted together (:func:`mapping_groups`)."""
+def _mapping_steps(groups: dict[str, list[str]], options: RunOptions, outdir: Path, signatures: Path) -> list[Step]:
+    """One map step per group of samples fitted together (:func:`tissuemap.plan.mapping_groups`); each writes its
+    samples' files into their folders ``outdir/NAME/`` and reads their settings from the mapping plan."""
     learned = options.signatures is None
-    n_cells_per_location = _n_cells_per_location(samples, options.n_cells_per_location)
     steps = []
     for group, names in groups.items():
-        together = len(names) > 1
         steps.append(Step(
             _map_key(names),
-            f"{group}: mapping ({len(names)} samples)" if together else f"{names[0]}: mapping",
+            f"{group}: mapping ({len(names)} samples)" if len(names) > 1 else f"{names[0]}: mapping",
             ("map",),
             ("--spatial", *(str(outdir / name / f"{name}.qc.h5ad") for name in names),
              "--signatures", str(signatures),
-             "--n-cells-per-location", str(n_cells_per_location[names[0]]),
+             "--plan", str(outdir / INFO_FOLDER / PLAN_FILE),
              *_passed("map", options),
-             "--outdir", str(outdir / MAPPING_WORK_FOLDER / group if together else outdir / names[0])),
+             "--outdir", str(outdir)),
             inputs=() if learned else (signatures,),
-            needs=(*(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
-            distribute=tuple(names) if together else (),
+            needs=("plan", *(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
         ))
     return steps
 
@@ -292,19 +250,18 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path,
     """The steps for a samplesheet, in run order; validates the samplesheet and the options first, and with
     ``check_files`` every input file too (:func:`check_inputs`).
 
-    QC of every sample; with a reference, gene filtering and signatures (skipped when ``options.signatures`` is
-    given); mapping by group (:func:`mapping_groups`); the reference's report, every sample's report and the
-    summary. Paths in the steps' command lines are absolute.
+    The mapping plan (`tissuemap plan`); QC of every sample; with a reference, gene filtering and signatures (skipped
+    when ``options.signatures`` is given); mapping by group (:func:`tissuemap.plan.mapping_groups`); the reference's
+    report, every sample's report and the summary. Paths in the steps' command lines are absolute.
     """
-    if (options.reference is None) == (options.signatures is None):
-        raise InputError("give either --reference (with --labels-key) to learn signatures, or --signatures")
-    if options.reference is not None and options.labels_key is None:
-        raise InputError("--reference needs --labels-key: the obs column holding each cell's type")
+    check_signature_source(options.reference, options.labels_key, options.signatures)
     outdir = Path(outdir).resolve()
     samples = read_samplesheet(samplesheet)
     if check_files:
         check_inputs(samples, options)
-    steps = _qc_steps(samples, options, outdir)
+    groups = mapping_groups(samples, options.mapping_mode)
+    check_cells_per_location(samples, options.n_cells_per_location)
+    steps = [_plan_step(Path(samplesheet).resolve(), options, outdir), *_qc_steps(samples, options, outdir)]
     reference_dir = None
     if options.signatures is None:
         reference_dir = outdir / REFERENCE_FOLDER
@@ -312,8 +269,7 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path,
         signatures = reference_dir / "signatures.csv"
     else:
         signatures = Path(options.signatures).resolve()
-    groups = mapping_groups(samples, options.mapping_mode)
-    steps += _mapping_steps(samples, groups, options, outdir, signatures)
+    steps += _mapping_steps(groups, options, outdir, signatures)
     return steps + _report_steps(samples, groups, outdir, reference_dir)
 
 
@@ -382,20 +338,6 @@ def _write_json(folder: Path, name: str, content) -> None:
         (staging / name).write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
-def _distribute(work_dir: Path, outdir: Path, samples: tuple[str, ...]) -> None:
-    """Move each ``NAME.*`` file of ``work_dir`` into ``outdir/NAME/`` (all files or none), then remove it."""
-    with staged_outputs(outdir) as staging:
-        for path in sorted(work_dir.iterdir()):
-            owners = [name for name in samples if path.name.startswith(f"{name}.")]
-            if not owners:
-                # the map step names every file after its sample (Nextflow's publishDir relies on it too)
-                raise RuntimeError(f"{path}: the mapping step wrote a file of no sample among {', '.join(samples)}")
-            # the longest matching name: sample 'a.b' owns 'a.b.qc.h5ad', not sample 'a'
-            owner = max(owners, key=len)
-            (staging / owner).mkdir(exist_ok=True)
-            os.replace(path, staging / owner / path.name)
-
-
 def _verbosity_options() -> list[str]:
     """The log level of this run, passed on to each step (whose command group sets it again)."""
     if logger.level >= logging.WARNING:
@@ -403,29 +345,16 @@ def _verbosity_options() -> list[str]:
     return ["--verbose"] if logger.level and logger.level <= logging.DEBUG else []
 
 
-def _execute(step: Step, outdir: Path) -> None:
+def _execute(step: Step) -> None:
     import click
 
     from tissuemap.cli import main
 
-    work_dir = None
-    if step.distribute:
-        work_dir = Path(step.args[step.args.index("--outdir") + 1])
-        shutil.rmtree(work_dir, ignore_errors=True)  # what a killed run left behind
     try:
-        try:
-            main.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap",
-                      standalone_mode=False)
-        except click.ClickException as err:  # the step's one-line error, naming the run's options
-            err.message = translate_message(err.message, step.command)
-            raise
-        if work_dir is not None:
-            _distribute(work_dir, outdir, step.distribute)
-    finally:
-        if work_dir is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):  # other groups' folders may still be there
-                work_dir.parent.rmdir()
+        main.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap", standalone_mode=False)
+    except click.ClickException as err:  # the step's one-line error, naming the run's options
+        err.message = translate_message(err.message, step.command)
+        raise
 
 
 def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bool = False) -> list[dict]:
@@ -466,7 +395,7 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
             logger.info("step %s: %s", step.label, step.command_line())
             before = _snapshot(outdir)
             started = time.perf_counter()
-            _execute(step, outdir)
+            _execute(step)
             seconds = time.perf_counter() - started
             outputs = {name: stat for name, stat in _snapshot(outdir).items() if before.get(name) != stat}
             records[step.key] = {"key": step.key, "step": step.label, "command": step.command_line(),

@@ -60,11 +60,11 @@ def validate_name(value: str, column: str = "sample", where: str = "--sample") -
     return value
 
 
-def _validator_class():
+def _validator_class(check_paths: bool = True):
     from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 
     def exists(validator, wanted, instance, schema):
-        if wanted and isinstance(instance, str) and not Path(instance).exists():
+        if check_paths and wanted and isinstance(instance, str) and not Path(instance).exists():
             yield ValidationError(f"{instance} does not exist")
 
     def unique_entries(validator, columns, instance, schema):
@@ -84,8 +84,8 @@ def _validator_class():
                 seen[key] = index
 
     checker = FormatChecker()
-    checker.checks("file-path")(lambda value: not Path(value).exists() or Path(value).is_file())
-    checker.checks("directory-path")(lambda value: not Path(value).exists() or Path(value).is_dir())
+    checker.checks("file-path")(lambda value: not check_paths or not Path(value).exists() or Path(value).is_file())
+    checker.checks("directory-path")(lambda value: not check_paths or not Path(value).exists() or Path(value).is_dir())
     extended = validators.extend(Draft202012Validator, {"exists": exists, "uniqueEntries": unique_entries})
     return extended, checker
 
@@ -180,8 +180,11 @@ def _describe(error, rows: list[dict], path: Path, properties: dict) -> str:
     return f"{path}: {row_label}, column {column!r}: {message} (got {error.instance!r})"
 
 
-def read_samplesheet(path: str | Path) -> list[Sample]:
+def read_samplesheet(path: str | Path, check_paths: bool = True) -> list[Sample]:
     """Read and validate a samplesheet; return one :class:`Sample` per row, paths made absolute.
+
+    ``check_paths=False`` skips whether the paths exist (and are a file or a folder): for `tissuemap plan` in a
+    Nextflow task, where the samples' folders are not mounted and nf-schema has checked them already.
 
     Raises :class:`InputError` with a one-line message naming the row and column of the first problem found.
     """
@@ -198,7 +201,7 @@ def read_samplesheet(path: str | Path) -> list[Sample]:
                 row[column] = str((path.parent / value).resolve()) if not Path(value).is_absolute() else value
             elif column in properties:
                 row[column] = _cast(value, properties[column])
-    validator_class, checker = _validator_class()
+    validator_class, checker = _validator_class(check_paths)
     validator = validator_class(schema, format_checker=checker)
     errors = sorted(validator.iter_errors(rows), key=lambda e: (list(e.absolute_path)[:1], e.validator != "required"))
     if errors:

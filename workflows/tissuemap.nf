@@ -1,9 +1,11 @@
 /*
-    The tissuemap workflow: QC of every sample; gene filter and signatures of the reference, once; cell2location
-    mapping of each sample, of each slide or of all samples together; a report per sample, a reference report, a
-    summary and a MultiQC report. It reads no params: main.nf hands it everything.
+    The tissuemap workflow: the mapping plan (which samples are fitted together, each one's settings); QC of every
+    sample; gene filter and signatures of the reference, once; cell2location mapping of each group of the plan; a
+    report per sample, a reference report, a summary and a MultiQC report. It reads no params: main.nf hands it
+    everything, and conf/modules.config each step's options.
 */
 
+include { TISSUEMAP_PLAN            } from '../modules/local/plan'
 include { TISSUEMAP_QC              } from '../modules/local/qc'
 include { TISSUEMAP_FILTERGENES     } from '../modules/local/filter_genes'
 include { TISSUEMAP_SIGNATURES      } from '../modules/local/signatures'
@@ -17,26 +19,40 @@ include { MULTIQC                   } from '../modules/local/multiqc'
 workflow TISSUEMAP {
 
     take:
-    ch_samples           // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]; meta: id, slide, n_cells_per_location, detection_alpha
-    ch_reference         // channel: [ val(meta), path(reference .h5ad) ]; meta: id, labels_key, batch_key, covariate_keys. Empty when signatures are given
-    ch_signatures        // channel: path(signatures.csv) given by the user; empty when learnt from the reference
-    mapping_mode         // string: 'per-sample', 'joint' or 'slide': which samples are fitted together
-    n_cells_per_location // number: expected cells per spot of the samples without their own value
-    run_multiqc          // boolean: make the MultiQC report
+    ch_samplesheet // channel: path(samplesheet.csv), the user's: the mapping plan reads it
+    ch_samples     // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]; meta: id (and the other columns)
+    ch_reference   // channel: [ val(meta), path(reference .h5ad) ]; meta: id, labels_key, batch_key, covariate_keys. Empty when signatures are given
+    ch_signatures  // channel: path(signatures.csv) given by the user; empty when learnt from the reference
+    run_multiqc    // boolean: make the MultiQC report
 
     main:
     ch_versions = channel.empty()
 
     //
-    // Samples: spot QC
+    // The mapping plan, before any other step (tissuemap plan, as in `tissuemap run`): each sample's group of
+    // samples fitted together and its settings. A samplesheet it refuses stops the run before QC starts.
     //
-    TISSUEMAP_QC(ch_samples)
+    TISSUEMAP_PLAN(ch_samplesheet)
+    ch_plan_rows = TISSUEMAP_PLAN.out.csv.splitCsv(header: true) // one row per sample: group, sample, ...
+    ch_group_of = ch_plan_rows.map { row -> [row.sample, row.group] }
+    ch_versions = ch_versions.mix(TISSUEMAP_PLAN.out.versions)
+
+    //
+    // Samples: spot QC. Its meta is the sample's name alone, so that a change in the mapping settings does not
+    // run it again.
+    //
+    TISSUEMAP_QC(
+        ch_samples
+            .map { meta, input -> [meta.id, input] }
+            .join(ch_group_of, failOnMismatch: true)
+            .map { name, input, _group -> [[id: name], input] }
+    )
     ch_versions = ch_versions.mix(TISSUEMAP_QC.out.versions.first())
 
     //
-    // Reference: gene filter, signatures and report, once
+    // Reference: gene filter, signatures and report, once (after the plan, too)
     //
-    TISSUEMAP_FILTERGENES(ch_reference)
+    TISSUEMAP_FILTERGENES(ch_reference.combine(TISSUEMAP_PLAN.out.csv).map { meta, reference, _plan -> [meta, reference] })
     TISSUEMAP_SIGNATURES(TISSUEMAP_FILTERGENES.out.h5ad)
     TISSUEMAP_REPORTREFERENCE(
         TISSUEMAP_FILTERGENES.out.json
@@ -59,33 +75,30 @@ workflow TISSUEMAP {
         .first()
 
     //
-    // Mapping: one task per group of samples fitted together. A group starts as soon as the QC of its samples is
-    // done; its samples are in name order, so that a rerun fits them in the same order.
+    // Mapping: one task per group of the plan, started as soon as the QC of its samples is done. The map step
+    // fits them in the plan's order and reads their settings from the plan.
     //
-    ch_group_sizes = ch_samples
-        .map { meta, _input -> [mappingGroup(meta, mapping_mode), meta.id] }
+    ch_group_samples = ch_plan_rows
+        .map { row -> [row.group, row.sample] }
         .groupTuple()
-        .map { group, names -> [group, names.size()] }
     ch_map_input = TISSUEMAP_QC.out.h5ad
-        .map { meta, h5ad -> [mappingGroup(meta, mapping_mode), meta.id, h5ad] }
-        .combine(ch_group_sizes, by: 0)
-        .map { group, name, h5ad, size -> [groupKey(group, size), name, h5ad] }
+        .map { meta, h5ad -> [meta.id, h5ad] }
+        .join(ch_group_of)
+        .map { _name, h5ad, group -> [group, h5ad] }
+        .combine(ch_group_samples, by: 0)
+        .map { group, h5ad, names -> [groupKey(group, names.size()), h5ad, names] }
         .groupTuple()
-        .map { group, names, files ->
-            def pairs = [names, files].transpose().toSorted { pair -> pair[0] }
-            [[id: group.toString(), samples: pairs.collect { pair -> pair[0] }], pairs.collect { pair -> pair[1] }]
-        }
-    TISSUEMAP_MAP(ch_map_input, ch_signatures_csv, n_cells_per_location)
+        .map { group, files, names -> [[id: group.toString(), samples: names[0]], files.toSorted { f -> f.name }] }
+    TISSUEMAP_MAP(ch_map_input, ch_signatures_csv, TISSUEMAP_PLAN.out.csv)
     ch_versions = ch_versions.mix(TISSUEMAP_MAP.out.versions.first(), TISSUEMAP_MAP.out.versions_torch.first())
 
-    // back to one item per sample: [ name, its NAME.* files from the mapping ]
+    // back to one item per sample: [ name, its files from the mapping ], each in the folder named after it
     ch_mapped = TISSUEMAP_MAP.out.h5ad
         .join(TISSUEMAP_MAP.out.csv)
         .join(TISSUEMAP_MAP.out.history)
         .join(TISSUEMAP_MAP.out.png)
-        .flatMap { group, h5ad, csv, history, png ->
-            def files = [h5ad, csv, history, png].flatten()
-            group.samples.collect { name -> [name, files.findAll { f -> sampleOwning(f.name, group.samples) == name }] }
+        .flatMap { _group, h5ad, csv, history, png ->
+            [h5ad, csv, history, png].flatten().groupBy { f -> f.parent.name }.collect { name, files -> [name, files] }
         }
 
     //
@@ -133,24 +146,6 @@ workflow TISSUEMAP {
 /*
     FUNCTIONS
 */
-
-// The samples fitted together with this one: itself alone, all samples, or those of its slide (a sample without a
-// slide is a slide of its own, as in the QC step). The names are those of `tissuemap run`.
-def mappingGroup(meta, mapping_mode) {
-    if (mapping_mode == 'joint') {
-        return 'joint'
-    }
-    if (mapping_mode == 'slide') {
-        return "slide-${meta.slide ?: meta.id}".toString()
-    }
-    return meta.id
-}
-
-// The sample a file of the mapping step belongs to: the longest sample name that prefixes it ('a.b.abundance.h5ad'
-// belongs to sample 'a.b', not to 'a'). conf/modules.config publishes the files by the same rule.
-def sampleOwning(file_name, samples) {
-    return samples.findAll { name -> file_name.startsWith("${name}.") }.max { name -> name.size() }
-}
 
 // The versions of every process's tools, and of the pipeline and Nextflow, as the YAML MultiQC reads from files
 // named *_mqc_versions.yml: { process: { tool: version } }

@@ -16,6 +16,7 @@ from tissuemap.errors import InputError
 # name -> "module:attribute" of the click command
 COMMANDS = {
     "simulate": "tissuemap.cli.simulate:simulate",
+    "plan": "tissuemap.cli.plan:plan",
     "qc": "tissuemap.cli.qc:qc",
     "filter-genes": "tissuemap.cli.filter_genes:filter_genes",
     "signatures": "tissuemap.cli.signatures:signatures",

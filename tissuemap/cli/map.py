@@ -27,12 +27,15 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.argument("more_spatial", nargs=-1, type=EXISTING_FILE, metavar="")
 @click.option("--signatures", "signatures_path", required=True, type=EXISTING_FILE,
               help="Reference signatures: CSV, genes as rows (first column: gene names), one column per cell type.")
-@click.option("--n-cells-per-location", required=True, type=POSITIVE,
-              help="Expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node). "
-              "A sample's value in its qc file (from the samplesheet) takes precedence.")
+@click.option("--plan", "plan_path", type=EXISTING_FILE, default=None,
+              help="mapping_plan.csv from tissuemap plan: each sample's cells per spot, detection alpha and slide, "
+              "and the order samples are fitted in. Takes precedence over the two options below.")
+@click.option("--n-cells-per-location", type=POSITIVE, default=None,
+              help="Expected cells per spot (tissue dependent; the cell2location tutorial uses 30 for lymph node); "
+              "needed unless --plan or the qc file (tissuemap qc --n-cells-per-location) gives every sample's.")
 @click.option("--detection-alpha", default=MAPPING_DETECTION_ALPHA, show_default=True, type=POSITIVE,
-              help="Regularisation of within-slide detection variation (200 suits uniform detection). A sample's "
-              "value in its qc file takes precedence.")
+              help="Regularisation of within-slide detection variation (200 suits uniform detection). "
+              "A sample's value in --plan or its qc file takes precedence.")
 @click.option("--max-epochs", default=MAPPING_MAX_EPOCHS, show_default=True, type=click.IntRange(min=1),
               help="Training steps, each on all the data.")
 @click.option("--lr", default=MAPPING_LR, show_default=True, type=POSITIVE, help="Adam learning rate.")
@@ -52,7 +55,8 @@ def map_command(
     spatial: tuple[Path, ...],
     more_spatial: tuple[Path, ...],
     signatures_path: Path,
-    n_cells_per_location: float,
+    plan_path: Path | None,
+    n_cells_per_location: float | None,
     detection_alpha: float,
     max_epochs: int,
     lr: float,
@@ -67,18 +71,19 @@ def map_command(
 ) -> None:
     """Estimate how many cells of each reference type are in every spot (cell2location model, Pyro).
 
-    Writes per sample NAME.abundance.h5ad (obsm['q05_cell_abundance_w_sf'] etc., uns['mod']),
+    Writes per sample, into OUTDIR/NAME/: NAME.abundance.h5ad (obsm['q05_cell_abundance_w_sf'] etc., uns['mod']),
     NAME.cell_abundance_q05.csv, NAME.cell_abundance_mean.csv, NAME.mapping_history.json and QC figures.
     """
     from tissuemap.mapping import map_samples, write_mapping_outputs
     from tissuemap.outputs import prepare_outdir
+    from tissuemap.plan import read_plan
     from tissuemap.threads import resolve_threads
 
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after hours of training
     result = map_samples(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
-        detection_alpha=detection_alpha, max_epochs=max_epochs, lr=lr, device=device, seed=seed,
-        expected_expression=expected_expression, min_shared_genes=min_shared_genes,
+        detection_alpha=detection_alpha, plan=read_plan(plan_path) if plan_path else None, max_epochs=max_epochs,
+        lr=lr, device=device, seed=seed, expected_expression=expected_expression, min_shared_genes=min_shared_genes,
         checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume, threads=resolve_threads(threads),
     )
     write_mapping_outputs(result, outdir)

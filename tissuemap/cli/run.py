@@ -7,8 +7,8 @@ import click
 from tissuemap import defaults
 from tissuemap.cli.options import layer_option, threads_option
 from tissuemap.models.device import DEVICE_CHOICES
+from tissuemap.plan import MAPPING_MODES
 from tissuemap.qc import DEFAULT_MIN_COUNTS
-from tissuemap.runner import MAPPING_MODES
 
 FILE = click.Path(dir_okay=False)
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -64,7 +64,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--min-shared-genes", type=click.IntRange(min=1), default=defaults.MAPPING_MIN_SHARED_GENES,
               show_default=True,
               help="Mapping: fewest genes the samples and the signatures must share.")
-@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default="per-sample", show_default=True,
+@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=MAPPING_MODES[0], show_default=True,
               help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
                    "'slide') together.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,

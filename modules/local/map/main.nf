@@ -4,18 +4,18 @@ process TISSUEMAP_MAP {
     label 'process_gpu'
 
     input:
-    // meta: id (a sample, a slide or 'joint') and samples (the names of the samples fitted together)
+    // meta: id (the group of tissuemap plan: a sample, 'slide-SLIDE' or 'joint') and samples (its samples' names)
     tuple val(meta), path(spatial, stageAs: 'spatial/*')
     path signatures, stageAs: 'signatures/*'
-    // expected cells per spot for samples without their own value in the samplesheet
-    val n_cells_per_location
+    // mapping_plan.csv: each sample's cells per spot, detection alpha and slide
+    path plan, stageAs: 'plan/*'
 
     output:
-    // one file of each per sample, named NAME.*
-    tuple val(meta), path("*.abundance.h5ad"), emit: h5ad
-    tuple val(meta), path("*.cell_abundance_*.csv"), emit: csv
-    tuple val(meta), path("*.mapping_history.json"), emit: history
-    tuple val(meta), path("*.png"), emit: png
+    // one file of each per sample, in the sample's folder: NAME/NAME.*
+    tuple val(meta), path("*/*.abundance.h5ad"), emit: h5ad
+    tuple val(meta), path("*/*.cell_abundance_*.csv"), emit: csv
+    tuple val(meta), path("*/*.mapping_history.json"), emit: history
+    tuple val(meta), path("*/*.png"), emit: png
     tuple val("${task.process}"), val('tissuemap'), eval("tissuemap --version | sed 's/.* //'"), emit: versions
     // torch's build tells whether the fit could use a GPU (e.g. 2.5.1+cu124)
     tuple val("${task.process}"), val('torch'), eval("python3 -c 'import torch; print(torch.__version__)'"), emit: versions_torch
@@ -23,23 +23,23 @@ process TISSUEMAP_MAP {
     script:
     def args = task.ext.args ?: ''
     """
-    # torch would otherwise start a thread per core of the node and contend with the other tasks packed on it
-    export OMP_NUM_THREADS=${task.cpus}
     tissuemap-map \\
         --spatial ${spatial} \\
         --signatures ${signatures} \\
-        --n-cells-per-location ${n_cells_per_location} \\
+        --plan ${plan} \\
+        --threads ${task.cpus} \\
         ${args} \\
         --outdir .
     """
 
     stub:
-    def touches = meta.samples.collect { name ->
-        ['abundance.h5ad', 'cell_abundance_q05.csv', 'cell_abundance_mean.csv', 'mapping_history.json',
-         'mapping_elbo.png', 'mapping_observed_vs_expected.png', 'mapping_cells_vs_counts.png',
-         'cell_abundance_spatial.png'].collect { suffix -> "${name}.${suffix}" }.join(' ')
-    }.join(' ')
     """
-    touch ${touches}
+    for name in ${meta.samples.join(' ')}; do
+        mkdir -p \$name
+        for suffix in abundance.h5ad cell_abundance_q05.csv cell_abundance_mean.csv mapping_history.json \\
+            mapping_elbo.png mapping_observed_vs_expected.png mapping_cells_vs_counts.png cell_abundance_spatial.png; do
+            touch \$name/\$name.\$suffix
+        done
+    done
     """
 }

@@ -3,6 +3,7 @@ process TISSUEMAP_QC {
     label 'process_low'
 
     input:
+    // meta: id (the sample's name)
     tuple val(meta), path(sample_input)
 
     output:
@@ -13,17 +14,10 @@ process TISSUEMAP_QC {
 
     script:
     def args = task.ext.args ?: ''
-    // The samplesheet's per-sample mapping hyper-parameters; the QC step stores them for the mapping step.
-    def sample_options = [
-        meta.n_cells_per_location ? "--n-cells-per-location ${meta.n_cells_per_location}" : '',
-        meta.detection_alpha ? "--detection-alpha ${meta.detection_alpha}" : '',
-        meta.slide ? "--slide ${meta.slide}" : '',
-    ].join(' ').trim()
     """
     tissuemap-qc \\
         --sample ${meta.id} \\
         --input ${sample_input} \\
-        ${sample_options} \\
         ${args} \\
         --outdir .
     """

@@ -23,12 +23,11 @@ process TISSUEMAP_SIGNATURES {
         meta.covariate_keys ? "--covariate-keys '${meta.covariate_keys}'" : '',
     ].join(' ').trim()
     """
-    # torch would otherwise start a thread per core of the node and contend with the other tasks packed on it
-    export OMP_NUM_THREADS=${task.cpus}
     tissuemap-signatures \\
         --reference ${reference} \\
         --labels-key '${meta.labels_key}' \\
         ${key_options} \\
+        --threads ${task.cpus} \\
         ${args} \\
         --outdir .
     """

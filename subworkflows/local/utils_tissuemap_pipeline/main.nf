@@ -24,30 +24,27 @@ workflow PIPELINE_INITIALISATION {
         validateParameters()
     }
     log.info(paramsSummaryLog(workflow))
-    checkReferenceOptions(reference, labels_key, signatures)
     writeParameters(parameters, outdir, run_suffix)
 
-    // Paths in the samplesheet are relative to its folder, as for `tissuemap run`: nf-schema, which reads them
-    // from where Nextflow was started, gets a copy with those paths made absolute.
-    def samplesheet = samplesheetWithAbsolutePaths(
-        file(input, checkIfExists: true), workflow.workDir.resolve("tissuemap-samplesheet/${workflow.sessionId}")
-    )
+    def samplesheet = file(input, checkIfExists: true)
     ch_samples = channel
-        .fromList(samplesheetToList(samplesheet, "${projectDir}/assets/schema_input.json"))
+        .fromList(samplesheetRows(samplesheet, "${projectDir}/assets/schema_input.json"))
         .map { meta, spaceranger_dir, h5ad -> [meta, spaceranger_dir ?: h5ad] }
 
-    ch_reference = signatures
-        ? channel.empty()
-        : channel.of([
+    // Both or neither are given: the first task, tissuemap plan, stops the run with the error of `tissuemap run`
+    ch_reference = reference
+        ? channel.of([
             [id: 'reference', labels_key: labels_key, batch_key: batch_key, covariate_keys: covariate_keys],
             file(reference, checkIfExists: true),
         ])
+        : channel.empty()
     ch_signatures = signatures ? channel.of(file(signatures, checkIfExists: true)) : channel.empty()
 
     emit:
-    samples    = ch_samples    // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]
-    reference  = ch_reference  // channel: [ val(meta), path(reference .h5ad) ], or empty
-    signatures = ch_signatures // channel: path(signatures.csv), or empty
+    samplesheet = channel.value(samplesheet) // channel: path(samplesheet.csv), the user's
+    samples     = ch_samples                 // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]
+    reference   = ch_reference               // channel: [ val(meta), path(reference .h5ad) ], or empty
+    signatures  = ch_signatures              // channel: path(signatures.csv), or empty
 }
 
 workflow PIPELINE_COMPLETION {
@@ -59,13 +56,9 @@ workflow PIPELINE_COMPLETION {
     main:
     versions_yml.collectFile(name: 'tissuemap_software_mqc_versions.yml', storeDir: "${outdir}/pipeline_info")
 
+    // Inside this closure `workflow` is not the run's metadata: completionMessage, a function, reads it
     workflow.onComplete {
-        if (workflow.success) {
-            log.info("tissuemap: done; results in ${outdir}")
-        }
-        else {
-            log.error("tissuemap: failed; the error is above, the details in .nextflow.log and the task's folder")
-        }
+        completionMessage(outdir)
     }
 }
 
@@ -73,16 +66,20 @@ workflow PIPELINE_COMPLETION {
     FUNCTIONS
 */
 
-// Signatures come from a reference (with the column of its cell types) or from an earlier run, never both.
-def checkReferenceOptions(reference, labels_key, signatures) {
-    if (!reference && !signatures) {
-        error("Give --reference (with --labels_key) to learn the cell-type signatures, or --signatures to reuse them")
+// The run's last line: where the results are, or which task failed and where its log is
+def completionMessage(outdir) {
+    if (workflow.success) {
+        log.info("tissuemap: done; results in ${outdir}")
+        return
     }
-    if (reference && signatures) {
-        error("Give either --reference or --signatures, not both: --signatures skips learning them from the reference")
+    def report = workflow.errorReport ?: ''
+    def failed_task = (report =~ /Error executing process > '([^']+)'/).findAll()
+    def work_dir = (report =~ /(?m)^Work dir:\s*\n\s*(\S+)/).findAll()
+    if (failed_task && work_dir) {
+        log.error("tissuemap: failed in task ${failed_task[0][1]}; its log: ${work_dir[0][1]}/.command.log (the run's: .nextflow.log)")
     }
-    if (reference && !labels_key) {
-        error("--reference needs --labels_key: the obs column of the reference holding each cell's type")
+    else {
+        log.error("tissuemap: failed: ${workflow.errorMessage ?: 'see the error above'} (the run's log: .nextflow.log)")
     }
 }
 
@@ -92,6 +89,19 @@ def writeParameters(parameters, outdir, run_suffix) {
     folder.mkdirs()
     def json = groovy.json.JsonOutput.toJson(parameters)
     folder.resolve("params_${run_suffix}.json").text = groovy.json.JsonOutput.prettyPrint(json)
+}
+
+// The samplesheet's rows as nf-schema reads them (meta map and paths). Paths in it are relative to its folder, as
+// for `tissuemap run`: nf-schema, which reads them from where Nextflow was started, gets a copy with those paths
+// made absolute, and its errors are told with the user's file in place of the copy.
+def samplesheetRows(samplesheet, schema) {
+    def copy = samplesheetWithAbsolutePaths(samplesheet, workflow.workDir.resolve("tissuemap-samplesheet/${workflow.sessionId}"))
+    try {
+        return samplesheetToList(copy, schema)
+    }
+    catch (Exception e) {
+        error((e.message ?: e.toString()).replace(copy.toUriString(), samplesheet.toUriString()).replace(copy.toString(), samplesheet.toString()))
+    }
 }
 
 // The samplesheet itself when its paths (columns spaceranger_dir and h5ad) are absolute, else a copy in `folder`
