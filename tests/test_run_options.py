@@ -13,7 +13,8 @@ from tissuemap.cli import main
 from tissuemap.runner import PASSED_OPTIONS, run_option, translate_message
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tissuemap"
-OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# a command-line option; not a Nextflow parameter named beside it (--labels_key)
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w-])")
 # calls whose string arguments are messages a user reads: errors and log records
 MESSAGE_CALLS = {"InputError", "BadParameter", "UsageError", "ClickException", "debug", "info", "warning", "error"}
 # `tissuemap simulate` makes test data; it is no step of a run
@@ -26,6 +27,7 @@ NOT_FOR_RUN = {
     "--report-link": "the summary's link pattern: the runner keeps its default",
     "--checkpoint-every": "its message answers a value given to a training step; the runner keeps the default",
     "--resume": "a training step's flag; `run` reuses finished steps instead",
+    "--plan": "the map step's mapping plan: the runner writes it with `tissuemap plan` and passes it on",
 }
 
 
