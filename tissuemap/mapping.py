@@ -369,6 +369,7 @@ def fit_mapping(
     compile_objective: bool | None = None,
     progress: bool = True,
     checkpoint=None,
+    stop=None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam.
 
@@ -400,6 +401,9 @@ def fit_mapping(
         :class:`~tissuemap.checkpoint.Checkpointing`: save the fit's state every ``checkpoint.every`` steps and, with
         ``checkpoint.resume``, continue from a saved one. A resumed fit gives the numbers of an uninterrupted one
         (bitwise on a CPU).
+    stop
+        :class:`~tissuemap.interruption.StopRequest`, asked after every step: once a signal has set it, the state is
+        saved to ``checkpoint`` and :class:`~tissuemap.interruption.TrainingInterrupted` raised.
 
     Raises
     ------
@@ -410,6 +414,7 @@ def fit_mapping(
     import torch
     from tqdm.auto import tqdm
 
+    from tissuemap.interruption import stop_training
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
 
     check_training_options(max_epochs, lr)
@@ -458,6 +463,10 @@ def fit_mapping(
             bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
         if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
             checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
+        if stop is not None and stop.signal_name is not None:
+            bar.close()
+            stop_training(stop, checkpoint, lambda: _training_state(step + 1, parameters, optimizer, generator, losses),
+                          checkpoint_key, step + 1, max_epochs, "steps")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -765,6 +774,7 @@ def map_samples(
     InputError
         On any input problem or out-of-range option, before training starts; or if training diverges.
     """
+    from tissuemap.interruption import stop_on_signals
     from tissuemap.models.device import resolve_device
 
     started = time.perf_counter()
@@ -782,7 +792,8 @@ def map_samples(
 
         name = "+".join(sample.name for sample in setup.samples)
         checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
-    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint)
+    with stop_on_signals() as stop:
+        fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, stop=stop)
     started = time.perf_counter()
     summaries = posterior_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)

@@ -53,6 +53,7 @@ def map_command(
     expected_expression: bool,
     min_shared_genes: int,
     checkpoint_every: int,
+    checkpoint_dir: Path | None,
     resume: bool,
     outdir: Path,
 ) -> None:
@@ -69,6 +70,6 @@ def map_command(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
         detection_alpha=detection_alpha, max_epochs=max_epochs, lr=lr, device=device, seed=seed,
         expected_expression=expected_expression, min_shared_genes=min_shared_genes,
-        checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume,
+        checkpoint_dir=checkpoint_dir or outdir, checkpoint_every=checkpoint_every, resume=resume,
     )
     write_mapping_outputs(result, outdir)

@@ -56,6 +56,7 @@ def signatures(
     min_cells_per_type: int,
     layer: str | None,
     checkpoint_every: int,
+    checkpoint_dir: Path | None,
     resume: bool,
     outdir: Path,
 ) -> None:
@@ -75,7 +76,8 @@ def signatures(
     from tissuemap.signatures import estimate_signatures, write_signature_outputs
 
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after training
-    checkpoint = Checkpointing(outdir / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every, resume)
+    checkpoint = Checkpointing((checkpoint_dir or outdir) / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every,
+                               resume)
     reference = read_reference(reference_path, labels_key, batch_key=batch_key, covariate_keys=covariate_keys,
                                layer=layer, min_cells_per_type=min_cells_per_type)
     record = estimate_signatures(
