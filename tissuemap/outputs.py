@@ -125,6 +125,6 @@ def staged_outputs(outdir: str | os.PathLike) -> Iterator[Path]:
         with _signals_held():
             os.rename(staging, publishing)
             _move_into(publishing, final)
-        shutil.rmtree(publishing, ignore_errors=True)
+            shutil.rmtree(publishing, ignore_errors=True)
     finally:
         os.close(owner)
