@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -324,8 +325,9 @@ def test_an_interrupted_run_continues_its_training_step_from_the_checkpoint(real
         process = subprocess.Popen([sys.executable, "-m", "tissuemap", *command], stderr=stderr,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + 300
-        # the progress bar shows once training has begun
-        while "mapping:" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        # the mapping's progress bar ("mapping:   0%|...") shows once training has begun
+        while not re.search(r"[\r\n]mapping: +\d+%", log.read_text()) and process.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
