@@ -76,9 +76,12 @@ def complete_interrupted_publications(folder: str | os.PathLike) -> None:
         committed = leftover.name.startswith(PUBLISHING_PREFIX)
         if not (leftover.is_dir() and (committed or leftover.name.startswith(STAGING_PREFIX))):
             continue
-        if not (leftover / OWNER_LOCK).exists() and time.time() - leftover.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
+        try:
+            if not (leftover / OWNER_LOCK).exists() and time.time() - leftover.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
+                continue
+            owner = _lock_owner(leftover)
+        except FileNotFoundError:  # another command made good the same folder just now
             continue
-        owner = _lock_owner(leftover)
         if owner is None:
             continue
         try:

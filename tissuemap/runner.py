@@ -161,7 +161,7 @@ def _qc_steps(samples: list[Sample], options: RunOptions, outdir: Path) -> list[
     return steps
 
 
-def _checkpoint_options(outdir: Path, key: str) -> tuple[str, ...]:
+def _checkpoint_args(outdir: Path, key: str) -> tuple[str, ...]:
     """A training step's checkpoint folder (``CHECKPOINT_FOLDER``, by step key) and ``--resume``: its checkpoint of
     an interrupted attempt is continued from (:func:`_checkpoint_folder` removes one the rerun must not use)."""
     return "--checkpoint-dir", str(outdir / CHECKPOINT_FOLDER / key.replace("/", "-")), "--resume"
@@ -179,7 +179,7 @@ def _reference_steps(options: RunOptions, outdir: Path, reference_dir: Path) -> 
               *_given(("--batch-key", options.batch_key), ("--covariate-keys", options.covariate_keys),
                       ("--max-epochs", options.regression_epochs), ("--device", options.device),
                       ("--seed", options.seed)),
-              *_checkpoint_options(outdir, "signatures"),
+              *_checkpoint_args(outdir, "signatures"),
               "--outdir", str(reference_dir)),
              needs=("filter-genes",)),
     ]
@@ -207,7 +207,7 @@ def _mapping_steps(samples: list[Sample], groups: dict[str, list[str]], options:
              "--n-cells-per-location", str(n_cells_per_location[names[0]]),
              *_given(("--detection-alpha", options.detection_alpha), ("--max-epochs", options.mapping_epochs),
                      ("--device", options.device), ("--seed", options.seed)),
-             *_checkpoint_options(outdir, _map_key(names)),
+             *_checkpoint_args(outdir, _map_key(names)),
              "--outdir", str(outdir / MAPPING_WORK_FOLDER / group if together else outdir / names[0])),
             inputs=() if learned else (signatures,),
             needs=(*(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
