@@ -186,7 +186,7 @@ def assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, tot
     return step
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda signum: signum.name)
 def test_a_signal_stops_map_with_a_checkpoint_and_resume_gives_the_uninterrupted_outputs(mapping_inputs, tmp_path,
                                                                                         signum):
     """SIGTERM (a cluster's walltime, a preempted instance) or SIGINT (Ctrl-C) in the middle of training: the state
