@@ -18,7 +18,7 @@ from test_report import assert_self_contained, cell_texts
 from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.interruption import EXIT_INTERRUPTED
-from tissuemap.runner import RunOptions, _distribute, exclusive_use, plan_steps
+from tissuemap.runner import RunOptions, Step, _checkpoint_folder, _distribute, exclusive_use, plan_steps
 
 REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
 
@@ -381,3 +381,21 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_
         holder.wait()
     with exclusive_use(outdir):
         pass
+
+
+@pytest.mark.parametrize("change, kept", [({}, True), ({"fresh": "--force"}, False),
+                                          ({"fresh": "step qc/a ran again"}, False), ({"inputs": {"x": "other"}}, False)])
+def test_an_interrupted_steps_checkpoint_is_used_only_under_the_reuse_rule(tmp_path, change, kept):
+    """A rerun continues from the checkpoint of the same command line with the same inputs, every step it needs
+    reused; --force, a rerun earlier step or other inputs start it over."""
+    folder = tmp_path / ".checkpoints" / "map-a"
+    step = Step("map/a", "a: mapping", ("map",), ("--checkpoint-dir", str(folder), "--resume", "--outdir", "x"))
+    with pytest.raises(RuntimeError), _checkpoint_folder(step, {"x": "1"}, None):
+        (folder / ".a.map.ckpt.pt").write_bytes(b"state")  # an interrupted attempt
+        raise RuntimeError
+    arguments = {"inputs": {"x": "1"}, "fresh": None, **change}
+    with _checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
+        assert (folder / ".a.map.ckpt.pt").exists() == kept
+        (folder / ".a.map.ckpt.pt").unlink(missing_ok=True)  # the step finishes: it deletes its checkpoint
+    # nothing is left
+    assert not (tmp_path / ".checkpoints").exists()
