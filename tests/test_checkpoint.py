@@ -1,5 +1,6 @@
-"""Interrupted training: `map` and `signatures` save checkpoints, and `--resume` continues from the last one with
-the numbers of an uninterrupted run (bitwise on a CPU); an interruption leaves no output file but the checkpoint."""
+"""Interrupted training: `map` and `signatures` save checkpoints, also at once on SIGTERM or SIGINT (then exiting
+with 75), and `--resume` continues from the last one with the numbers of an uninterrupted run (bitwise on a CPU); an
+interruption leaves no output file but the checkpoint."""
 
 import os
 import signal
@@ -19,6 +20,7 @@ from conftest import small_reference_adata
 from tissuemap.checkpoint import Checkpointing
 from tissuemap.cli import main
 from tissuemap.errors import InputError
+from tissuemap.interruption import EXIT_INTERRUPTED
 from tissuemap.mapping import fit_mapping, read_signatures, read_spatial_sample, setup_mapping
 from tissuemap.signatures import estimate_signatures
 
@@ -159,28 +161,80 @@ def test_signatures_command_resumes_and_removes_its_checkpoint(small_reference, 
     assert (tmp_path / "out" / "signatures.csv").is_file()
 
 
-def test_ctrl_c_of_the_command_leaves_only_the_checkpoint(mapping_inputs, tmp_path):
-    """A real SIGINT to `tissuemap map` once its first checkpoint is on disk: a clean exit, no traceback, and the
-    output folder holds the (complete, loadable) checkpoint and nothing else."""
-    spatial, signatures = mapping_inputs
-    outdir = tmp_path / "out"
-    command = map_command(spatial, signatures, outdir, "--checkpoint-every", "20")
-    command[command.index("--max-epochs") + 1] = "100000"  # far more than runs before the interruption
-    checkpoint = outdir / ".tiny.map.ckpt.pt"
+def run_and_signal(command, checkpoint, signum):
+    """Run ``tissuemap COMMAND`` in a subprocess, send it ``signum`` once its first checkpoint is on disk (training is
+    under way) and return its exit code and log."""
     process = subprocess.Popen([sys.executable, "-m", "tissuemap", *command], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    try:
-        _, stderr = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        # one CI run saw a first SIGINT go unheeded (cause not found, not reproduced locally); a user presses again
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+def assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, total, unit):
+    """Exit 75, no traceback, and a log line naming the signal, the step reached and the checkpoint; returns the
+    step."""
+    assert returncode == EXIT_INTERRUPTED, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert [path.name for path in outdir.iterdir()] == [checkpoint.name]
     step = torch.load(checkpoint, weights_only=False)["step"]
-    assert step >= 20 and step % 20 == 0
+    assert 0 < step < total
+    assert f"{signum.name}: training stopped after {step} of {total} {unit}; its state is saved in {checkpoint}" \
+        in stderr
+    return step
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda signum: signum.name)
+def test_a_signal_stops_map_with_a_checkpoint_and_resume_gives_the_uninterrupted_outputs(mapping_inputs, tmp_path,
+                                                                                        signum):
+    """SIGTERM (a cluster's walltime, a preempted instance) or SIGINT (Ctrl-C) in the middle of training: the state
+    is saved at once into --checkpoint-dir, the command exits with 75 and writes no output; --resume then gives
+    the outputs of an uninterrupted run, bit for bit."""
+    spatial, signatures = mapping_inputs
+    outdir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
+    command = map_command(spatial, signatures, outdir, "--checkpoint-every", "20", "--checkpoint-dir", str(checkpoints))
+    command[command.index("--max-epochs") + 1] = "1000"  # far more than run before the signal
+    checkpoint = checkpoints / ".tiny.map.ckpt.pt"
+    returncode, stderr = run_and_signal(command, checkpoint, signum)
+    assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, 1000, "steps")
+    assert list(outdir.iterdir()) == []
+
+    runner = CliRunner()
+    result = runner.invoke(main, [*command, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not checkpoint.exists()
+    whole = tmp_path / "whole"
+    uninterrupted = map_command(spatial, signatures, whole, "--max-epochs", "1000")
+    assert runner.invoke(main, uninterrupted).exit_code == 0
+    for table in ("tiny.cell_abundance_q05.csv", "tiny.cell_abundance_mean.csv"):
+        assert (outdir / table).read_bytes() == (whole / table).read_bytes()
+    resumed, expected = (ad.read_h5ad(folder / "tiny.abundance.h5ad") for folder in (outdir, whole))
+    for key in expected.obsm:
+        np.testing.assert_array_equal(resumed.obsm[key], expected.obsm[key])
+
+
+def test_sigterm_stops_signatures_with_a_checkpoint_and_resume_gives_the_uninterrupted_outputs(small_reference,
+                                                                                              tmp_path):
+    path = tmp_path / "reference.h5ad"
+    small_reference.write_h5ad(path)
+    checkpoints = tmp_path / "checkpoints"
+    command = ["signatures", "--reference", str(path), "--labels-key", "cell_type", "--batch-key", "batch",
+               "--max-epochs", "100", "--batch-size", "25", "--lr", "0.01", "--device", "cpu"]
+    interrupted = [*command, "--checkpoint-every", "2", "--checkpoint-dir", str(checkpoints),
+                   "--outdir", str(tmp_path / "out")]
+    checkpoint = checkpoints / ".reference.signatures.ckpt.pt"
+    returncode, stderr = run_and_signal(interrupted, checkpoint, signal.SIGTERM)
+    assert_stopped_with_a_checkpoint(returncode, stderr, signal.SIGTERM, checkpoint, 100, "epochs")
+    assert list((tmp_path / "out").iterdir()) == []
+
+    runner = CliRunner()
+    result = runner.invoke(main, [*interrupted, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not checkpoint.exists()
+    assert runner.invoke(main, [*command, "--outdir", str(tmp_path / "whole")]).exit_code == 0
+    assert (tmp_path / "out" / "signatures.csv").read_bytes() == (tmp_path / "whole" / "signatures.csv").read_bytes()
+    resumed, expected = (ad.read_h5ad(tmp_path / folder / "reference.signatures.h5ad") for folder in ("out", "whole"))
+    for key in expected.varm:
+        np.testing.assert_array_equal(resumed.varm[key], expected.varm[key])

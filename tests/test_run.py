@@ -1,6 +1,12 @@
 """`tissuemap run`: the steps it plans, and the whole pipeline end to end on small real data, with reuse on rerun."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import anndata as ad
 import numpy as np
@@ -11,7 +17,8 @@ from test_report import assert_self_contained, cell_texts
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
-from tissuemap.runner import RunOptions, plan_steps
+from tissuemap.interruption import EXIT_INTERRUPTED
+from tissuemap.runner import RunOptions, Step, _checkpoint_folder, exclusive_use, plan_steps
 
 REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
 
@@ -67,10 +74,13 @@ def test_run_options_reach_the_training_steps(three_samples, tmp_path):
     steps = steps_by_key(three_samples, options, tmp_path)
     assert steps["signatures"].command_line().endswith(
         "--labels-key cell_type --batch-key batch --covariate-keys tech --max-epochs 7 --device cpu --seed 3 "
-        f"--outdir {tmp_path / 'reference'}"
+        f"--checkpoint-dir {tmp_path / '.checkpoints' / 'signatures'} --resume --outdir {tmp_path / 'reference'}"
     )
     assert option(steps["plan"], "--n-cells-per-location") == "20"
     assert "--max-epochs 11 --device cpu --seed 3" in steps["map/c"].command_line()
+    # each training step continues from its own checkpoint of an interrupted run
+    assert option(steps["map/c"], "--checkpoint-dir") == str(tmp_path / ".checkpoints" / "map-c")
+    assert "--resume" in steps["map/c"].args
 
 
 def test_joint_and_slide_modes_map_samples_together(three_samples, tmp_path):
@@ -280,3 +290,97 @@ def test_a_failed_step_leaves_no_partial_outputs(real_data, tmp_path):
             f"{sample}.qc.h5ad", f"{sample}.qc.json", f"{sample}.qc_histograms.png", f"{sample}.qc_spatial.png"]
     assert sorted(path.name for path in results.iterdir()) == ["breast_a", "breast_b", "pipeline_info"]
     assert step_status(results) == {"plan": "ran", "qc/breast_a": "ran", "qc/breast_b": "ran"}
+
+
+def one_sample_run(real_data, results, tmp_path, outdir):
+    """`tissuemap run` arguments: one sample, the signatures of ``results``, 60 mapping steps."""
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(f"sample,spaceranger_dir\nbreast,{real_data / 'visium' / 'breast_crop'}\n")
+    return ["run", "--input", str(sheet), "--signatures", str(results / "reference" / "signatures.csv"),
+            "--n-cells-per-location", "30", "--mapping-epochs", "60", "--device", "cpu", "--outdir", str(outdir)]
+
+
+def run_in_subprocess(command, log, until=None):
+    """Run ``tissuemap COMMAND`` on one thread with its log in ``log``; with ``until`` (a pattern), send SIGTERM as
+    soon as the log matches it. Returns the exit code and the log.
+
+    NUMBA_NUM_THREADS too: scanpy's QC metrics start numba's OpenMP threads, which resets the thread count torch
+    shares with them to numba's, so a map step after a QC step in one process would train on every core."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tissuemap", *command], stderr=stderr,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 300
+        while until and not re.search(until, log.read_text()) and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if until:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=300)
+    return process.returncode, log.read_text()
+
+
+def test_an_interrupted_run_continues_its_training_step_from_the_checkpoint(real_data, results, tmp_path):
+    """SIGTERM while `tissuemap run` trains the mapping: exit 75 with the mapping's state saved; the same command
+    again continues from it and gives the outputs of an uninterrupted run, bit for bit (each run a process of its
+    own on one thread: the same thread count, as bitwise equality needs)."""
+    outdir = tmp_path / "results"
+    command = one_sample_run(real_data, results, tmp_path, outdir)
+    # the mapping's progress bar ("mapping:   0%|...") shows once training has begun
+    returncode, log = run_in_subprocess(command, tmp_path / "interrupted.log", until=r"[\r\n]mapping: +\d+%")
+    assert returncode == EXIT_INTERRUPTED, log[-2000:]
+    assert "step breast: mapping: SIGTERM: training stopped after " in log
+    checkpoint = outdir / ".checkpoints" / "map-breast" / ".breast.map.ckpt.pt"
+    assert checkpoint.exists() and not (outdir / ".tissuemap-run.lock").exists()
+    assert not (outdir / "breast" / "breast.cell_abundance_q05.csv").exists()
+
+    returncode, log = run_in_subprocess(command, tmp_path / "resumed.log")
+    assert returncode == 0, log[-2000:]
+    assert "breast: QC: reused" in log
+    assert "step breast: mapping: continuing from the checkpoint of its interrupted run" in log
+    assert not (outdir / ".checkpoints").exists()
+    whole = tmp_path / "whole"
+    returncode, log = run_in_subprocess(one_sample_run(real_data, results, tmp_path, whole), tmp_path / "whole.log")
+    assert returncode == 0, log[-2000:]
+    for table in ("breast.cell_abundance_q05.csv", "breast.cell_abundance_mean.csv"):
+        assert (outdir / "breast" / table).read_bytes() == (whole / "breast" / table).read_bytes()
+    assert sorted(path.name for path in outdir.iterdir()) == sorted(path.name for path in whole.iterdir())
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_not(real_data, results, tmp_path):
+    outdir = tmp_path / "results"
+    outdir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tissuemap.runner import exclusive_use\n"
+         f"with exclusive_use(Path({str(outdir)!r})):\n    print('locked', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = CliRunner().invoke(main, one_sample_run(real_data, results, tmp_path, outdir))
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [
+            f"Error: {outdir}: another tissuemap run (process {holder.pid}) is writing to this folder; wait for it to "
+            "end or choose another --outdir"]
+        assert sorted(path.name for path in outdir.iterdir()) == [".tissuemap-run.lock"]  # nothing else touched
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: the lock file stays, its lock goes with the process
+        holder.wait()
+    with exclusive_use(outdir):
+        pass
+
+
+@pytest.mark.parametrize("change, kept", [({}, True), ({"fresh": "--force"}, False),
+                                          ({"fresh": "step qc/a ran again"}, False), ({"inputs": {"x": "other"}}, False)])
+def test_an_interrupted_steps_checkpoint_is_used_only_under_the_reuse_rule(tmp_path, change, kept):
+    """A rerun continues from the checkpoint of the same command line with the same inputs, every step it needs
+    reused; --force, a rerun earlier step or other inputs start it over."""
+    folder = tmp_path / ".checkpoints" / "map-a"
+    step = Step("map/a", "a: mapping", ("map",), ("--checkpoint-dir", str(folder), "--resume", "--outdir", "x"))
+    with pytest.raises(RuntimeError), _checkpoint_folder(step, {"x": "1"}, None):
+        (folder / ".a.map.ckpt.pt").write_bytes(b"state")  # an interrupted attempt
+        raise RuntimeError
+    arguments = {"inputs": {"x": "1"}, "fresh": None, **change}
+    with _checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
+        assert (folder / ".a.map.ckpt.pt").exists() == kept
+        (folder / ".a.map.ckpt.pt").unlink(missing_ok=True)  # the step finishes: it deletes its checkpoint
+    # nothing is left
+    assert not (tmp_path / ".checkpoints").exists()

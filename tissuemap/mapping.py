@@ -385,6 +385,7 @@ def fit_mapping(
     progress: bool = True,
     checkpoint=None,
     threads: int | None = None,
+    stop=None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam.
 
@@ -419,6 +420,9 @@ def fit_mapping(
     threads
         torch's CPU threads, applied right before the training loop (:func:`tissuemap.threads.use_threads`);
         ``None`` leaves torch's setting as it is.
+    stop
+        :class:`~tissuemap.interruption.StopRequest`, asked after every step: once a signal has set it, the state is
+        saved to ``checkpoint`` and :class:`~tissuemap.interruption.TrainingInterrupted` raised.
 
     Raises
     ------
@@ -429,6 +433,7 @@ def fit_mapping(
     import torch
     from tqdm.auto import tqdm
 
+    from tissuemap.interruption import stop_training
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
 
     check_training_options(max_epochs, lr)
@@ -482,6 +487,10 @@ def fit_mapping(
             bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
         if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
             checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
+        if stop is not None and stop.signal_name is not None:
+            bar.close()
+            stop_training(stop, checkpoint, lambda: _training_state(step + 1, parameters, optimizer, generator, losses),
+                          checkpoint_key, step + 1, max_epochs, "steps")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -796,6 +805,7 @@ def map_samples(
     InputError
         On any input problem or out-of-range option, before training starts; or if training diverges.
     """
+    from tissuemap.interruption import stop_on_signals
     from tissuemap.models.device import resolve_device
 
     started = time.perf_counter()
@@ -820,7 +830,9 @@ def map_samples(
 
         name = "+".join(sample.name for sample in setup.samples)
         checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
-    fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, threads=threads)
+    with stop_on_signals() as stop:
+        fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, threads=threads,
+                          stop=stop)
     started = time.perf_counter()
     summaries = posterior_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)

@@ -6,27 +6,38 @@ read and what it wrote.
 
 A rerun into the same folder reuses a finished step, as Nextflow's ``-resume`` does, when its command line is the
 same, the external files it reads are unchanged (size and modification time), every file it wrote is still there
-unchanged, and every step it depends on was reused too.
+unchanged, and every step it depends on was reused too. A training step stopped by SIGTERM or SIGINT (exit 75) keeps
+its checkpoint in ``.checkpoints/`` and continues from it on a rerun under the same rule (same command line and
+inputs, every step it depends on reused); ``--force`` starts it over.
+
+One run at a time writes into a folder: a run holds a lock on ``.tissuemap-run.lock`` (``flock``, released by the
+system when the process ends, however it ends).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 from tissuemap import __version__
 from tissuemap.defaults import SIGNATURES_MIN_CELLS_PER_TYPE
+from tissuemap.errors import InputError
+from tissuemap.interruption import TrainingInterrupted
 from tissuemap.log import counted, logger
-from tissuemap.outputs import prepare_outdir, staged_outputs
+from tissuemap.outputs import complete_interrupted_publications, prepare_outdir, staged_outputs
 from tissuemap.plan import PLAN_FILE, check_cells_per_location, check_signature_source, mapping_groups
 from tissuemap.samplesheet import Sample, read_samplesheet
 
@@ -35,6 +46,12 @@ KEY_PACKAGES = ("anndata", "scanpy", "numpy", "scipy", "pandas", "torch", "pyro-
 REFERENCE_FOLDER = "reference"
 INFO_FOLDER = "pipeline_info"
 STEPS_FILE = "steps.json"
+# A training step's checkpoint, one folder per step, outside the folders a step's outputs go to (a joint mapping's
+# work folder is cleared before each attempt); hidden, so that no step mistakes it for results.
+CHECKPOINT_FOLDER = ".checkpoints"
+# beside a checkpoint: the command line and inputs of the step that wrote it (the reuse rule decides on resuming)
+CHECKPOINT_STAMP = "step.json"
+LOCK_FILE = ".tissuemap-run.lock"
 
 
 @dataclass(frozen=True)
@@ -159,7 +176,13 @@ def _qc_steps(samples: list[Sample], options: RunOptions, outdir: Path) -> list[
     return steps
 
 
-def _reference_steps(options: RunOptions, reference_dir: Path) -> list[Step]:
+def _checkpoint_args(outdir: Path, key: str) -> tuple[str, ...]:
+    """A training step's checkpoint folder (``CHECKPOINT_FOLDER``, by step key) and ``--resume``: its checkpoint of
+    an interrupted attempt is continued from (:func:`_checkpoint_folder` removes one the rerun must not use)."""
+    return "--checkpoint-dir", str(outdir / CHECKPOINT_FOLDER / key.replace("/", "-")), "--resume"
+
+
+def _reference_steps(options: RunOptions, outdir: Path, reference_dir: Path) -> list[Step]:
     """Gene filtering and signatures of the reference, both into ``reference_dir``."""
     reference = Path(options.reference).resolve()
     return [
@@ -170,7 +193,8 @@ def _reference_steps(options: RunOptions, reference_dir: Path) -> list[Step]:
         # the filtered reference holds the raw counts in X, whichever layer they came from
         Step("signatures", "reference: signatures", ("signatures",),
              ("--reference", str(reference_dir / "reference.filtered.h5ad"), "--labels-key", options.labels_key,
-              *_passed("signatures", options), "--outdir", str(reference_dir)),
+              *_passed("signatures", options), *_checkpoint_args(outdir, "signatures"),
+              "--outdir", str(reference_dir)),
              needs=("filter-genes",)),
     ]
 
@@ -194,6 +218,7 @@ def _mapping_steps(groups: dict[str, list[str]], options: RunOptions, outdir: Pa
              "--signatures", str(signatures),
              "--plan", str(outdir / INFO_FOLDER / PLAN_FILE),
              *_passed("map", options),
+             *_checkpoint_args(outdir, _map_key(names)),
              "--outdir", str(outdir)),
             inputs=() if learned else (signatures,),
             needs=("plan", *(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
@@ -265,7 +290,7 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path,
     reference_dir = None
     if options.signatures is None:
         reference_dir = outdir / REFERENCE_FOLDER
-        steps += _reference_steps(options, reference_dir)
+        steps += _reference_steps(options, outdir, reference_dir)
         signatures = reference_dir / "signatures.csv"
     else:
         signatures = Path(options.signatures).resolve()
@@ -357,17 +382,98 @@ def _execute(step: Step) -> None:
         raise
 
 
+@contextlib.contextmanager
+def exclusive_use(outdir: Path) -> Iterator[None]:
+    """Hold the run lock of ``outdir`` inside the block (``LOCK_FILE``, holding the process id, removed at the end).
+
+    Raises
+    ------
+    InputError
+        If a live process holds it.
+    """
+    path = outdir / LOCK_FILE
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+            os.close(descriptor)
+            raise InputError(f"{outdir}: another tissuemap run (process {holder}) is writing to this folder; wait for "
+                             "it to end or choose another --outdir") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        os.close(descriptor)  # a run that just ended removed the file this one locked: lock the new one
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: no other run can hold the removed file's lock
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _checkpoint_folder(step: Step, inputs: dict, fresh: str | None) -> Iterator[None]:
+    """Prepare the checkpoint folder of a training step (none for other steps), and remove it unless it holds a
+    checkpoint when the step ends (it finished, or failed before saving one).
+
+    A checkpoint there is continued from (the step's ``--resume``) only when it was written by the same command line
+    with the same inputs; ``fresh`` (why the step starts over: ``--force``, an earlier step ran again) removes it.
+    """
+    if "--checkpoint-dir" not in step.args:
+        yield
+        return
+    folder = Path(step.args[step.args.index("--checkpoint-dir") + 1])
+    stamp = {"command": step.command_line(), "inputs": inputs}
+    if any(folder.glob("*.ckpt.pt")):
+        try:
+            same = json.loads((folder / CHECKPOINT_STAMP).read_text()) == stamp
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if fresh is None and same:
+            logger.info("step %s: continuing from the checkpoint of its interrupted run", step.label)
+        else:
+            logger.info("step %s: starting over, not from its checkpoint (%s)", step.label,
+                        fresh or "its command line or inputs changed")
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CHECKPOINT_STAMP).write_text(json.dumps(stamp) + "\n")
+    try:
+        yield
+    finally:
+        if not any(folder.glob("*.ckpt.pt")):
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other steps' checkpoints may still be there
+                folder.parent.rmdir()
+
+
 def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bool = False) -> list[dict]:
     """Run ``steps`` in order through the command line, reusing the finished ones (unless ``force``).
 
     Records each step in ``pipeline_info/steps.json`` as soon as it finishes (so that a failed run keeps what it
     finished), and writes ``pipeline_info/params.json`` (``parameters``) and ``versions.json`` (every installed
-    package). Returns the steps' records.
+    package). Returns the steps' records. Holds ``outdir``'s run lock (:func:`exclusive_use`) throughout, and first
+    finishes the publications that killed runs left (:func:`~tissuemap.outputs.complete_interrupted_publications`).
+
+    Raises
+    ------
+    TrainingInterrupted
+        If a training step was stopped by a signal: a rerun continues from its checkpoint.
     """
+    outdir = prepare_outdir(Path(outdir).resolve())
+    with exclusive_use(outdir):
+        for folder in sorted(outdir.iterdir()):
+            if folder.is_dir() and not folder.name.startswith("."):
+                complete_interrupted_publications(folder)
+        return _run_locked(steps, outdir, parameters, force)
+
+
+def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) -> list[dict]:
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    outdir = prepare_outdir(Path(outdir).resolve())
     info_dir = outdir / INFO_FOLDER
     _write_json(info_dir, "params.json", parameters)
     _write_json(info_dir, "versions.json", package_versions(every=True))
@@ -395,7 +501,14 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
             logger.info("step %s: %s", step.label, step.command_line())
             before = _snapshot(outdir)
             started = time.perf_counter()
-            _execute(step)
+            again = next((need for need in step.needs if need not in reused), None)
+            fresh = "--force" if force else f"step {again} ran again" if again else None
+            try:
+                with _checkpoint_folder(step, inputs, fresh):
+                    _execute(step)
+            except TrainingInterrupted as err:
+                raise TrainingInterrupted(f"step {step.label}: {err.message}; `tissuemap run --force` starts over "
+                                          "instead") from None
             seconds = time.perf_counter() - started
             outputs = {name: stat for name, stat in _snapshot(outdir).items() if before.get(name) != stat}
             records[step.key] = {"key": step.key, "step": step.label, "command": step.command_line(),

@@ -243,12 +243,14 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
     epochs) for the progress bar and the divergence check, and at checkpoints. ``checkpoint``
     (:class:`~tissuemap.checkpoint.Checkpointing`, epochs between saves) saves the guide, the optimiser, the losses
     and the random generators' states (Pyro's noise and the minibatch order), from which a resumed fit continues
-    with the numbers of an uninterrupted one.
+    with the numbers of an uninterrupted one. SIGTERM or SIGINT stops the fit at the end of the epoch, with a
+    checkpoint (:mod:`tissuemap.interruption`).
     """
     import pyro
     import torch
     from tqdm.auto import tqdm
 
+    from tissuemap.interruption import stop_on_signals, stop_training
     from tissuemap.models.regression import negative_elbo
 
     steps_per_epoch = math.ceil(n_cells / batch_size)
@@ -257,7 +259,7 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
     batch_order.manual_seed(seed)
     step_losses = torch.zeros(max_epochs, steps_per_epoch, device=device)
     epoch_losses = np.empty(0)
-    with _deterministic_algorithms(), pyro.validation_enabled(False), \
+    with _deterministic_algorithms(), pyro.validation_enabled(False), stop_on_signals() as stop, \
             tqdm(total=max_epochs, desc="signatures", unit="epoch") as progress:
         guide(*minibatch(torch.arange(batch_size, device=device)))  # creates the guide's parameters
         optimiser = torch.optim.Adam(guide.parameters(), lr=lr)
@@ -286,6 +288,9 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
                 progress.set_postfix(loss=f"{epoch_losses[-1]:.4g}")
             if checkpoint is not None and checkpoint.due(epoch + 1, max_epochs):
                 checkpoint.save(_svi_state(epoch + 1, guide, optimiser, batch_order, step_losses), checkpoint_key)
+            if stop.signal_name is not None:
+                stop_training(stop, checkpoint, lambda: _svi_state(epoch + 1, guide, optimiser, batch_order, step_losses),
+                              checkpoint_key, epoch + 1, max_epochs, "epochs")
     return epoch_losses
 
 

@@ -66,6 +66,7 @@ def map_command(
     min_shared_genes: int,
     threads: int | None,
     checkpoint_every: int,
+    checkpoint_dir: Path | None,
     resume: bool,
     outdir: Path,
 ) -> None:
@@ -84,6 +85,6 @@ def map_command(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
         detection_alpha=detection_alpha, plan=read_plan(plan_path) if plan_path else None, max_epochs=max_epochs,
         lr=lr, device=device, seed=seed, expected_expression=expected_expression, min_shared_genes=min_shared_genes,
-        checkpoint_dir=outdir, checkpoint_every=checkpoint_every, resume=resume, threads=resolve_threads(threads),
+        checkpoint_dir=checkpoint_dir or outdir, checkpoint_every=checkpoint_every, resume=resume, threads=resolve_threads(threads),
     )
     write_mapping_outputs(result, outdir)

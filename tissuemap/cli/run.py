@@ -72,7 +72,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--seed", type=int, default=defaults.MAPPING_SEED, show_default=True,
               help="Random seed of both training steps.")
 @threads_option
-@click.option("--force", is_flag=True, help="Run every step again, even those a previous run finished.")
+@click.option("--force", is_flag=True,
+              help="Run every step again, even those a previous run finished, and start an interrupted training step "
+              "over instead of continuing from its checkpoint.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Results folder.")
 def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     """Run every step on one machine: QC of every sample, gene filtering and signatures of the reference (or
@@ -82,7 +84,8 @@ def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     results/reference/, results/NAME/ (one folder per sample), results/summary.html and results/pipeline_info/
     (parameters, package versions, command and time of each step). Each step is the same command the Nextflow
     pipeline runs. A rerun into the same --outdir reuses the steps that finished with the same command line and
-    inputs.
+    inputs, and continues a training step stopped by SIGTERM or Ctrl-C (exit code 75) from its checkpoint. One run
+    at a time may write into a folder.
     """
     from tissuemap.runner import RunOptions, plan_steps, run_steps
     from tissuemap.threads import resolve_threads, use_threads

@@ -69,6 +69,7 @@ def signatures(
     layer: str | None,
     threads: int | None,
     checkpoint_every: int,
+    checkpoint_dir: Path | None,
     resume: bool,
     outdir: Path,
 ) -> None:
@@ -89,7 +90,8 @@ def signatures(
     from tissuemap.threads import resolve_threads
 
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after training
-    checkpoint = Checkpointing(outdir / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every, resume)
+    checkpoint = Checkpointing((checkpoint_dir or outdir) / f".{OUTPUT_PREFIX}.signatures.ckpt.pt", checkpoint_every,
+                               resume)
     reference = read_reference(reference_path, labels_key, batch_key=batch_key, covariate_keys=covariate_keys,
                                layer=layer, min_cells_per_type=min_cells_per_type)
     record = estimate_signatures(

@@ -22,14 +22,23 @@ process TISSUEMAP_MAP {
 
     script:
     def args = task.ext.args ?: ''
+    // Outside the task's work folder, which every retry gets anew: one folder per process, group of samples,
+    // options and inputs (names and sizes), the same for every attempt and for -resume, so that a task stopped by
+    // SIGTERM (exit 75: walltime, preemption) continues from its checkpoint; removed once the task succeeds.
+    def checkpoint_root = task.ext.checkpoint_dir ?: "${workflow.workDir}/tissuemap-checkpoints"
+    def checkpoint_key = "${meta.id}-" + "${args}".md5().take(12)
     """
+    checkpoint_dir="${checkpoint_root}/${task.process.tokenize(':')[-1]}/${checkpoint_key}-\$(wc -c spatial/* signatures/* plan/* | cksum | cut -d ' ' -f 1)"
     tissuemap-map \\
         --spatial ${spatial} \\
         --signatures ${signatures} \\
         --plan ${plan} \\
         --threads ${task.cpus} \\
         ${args} \\
+        --checkpoint-dir "\$checkpoint_dir" \\
+        --resume \\
         --outdir .
+    rm -rf "\$checkpoint_dir"
     """
 
     stub:

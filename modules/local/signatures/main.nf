@@ -22,14 +22,23 @@ process TISSUEMAP_SIGNATURES {
         meta.batch_key ? "--batch-key '${meta.batch_key}'" : '',
         meta.covariate_keys ? "--covariate-keys '${meta.covariate_keys}'" : '',
     ].join(' ').trim()
+    // Outside the task's work folder, which every retry gets anew: one folder per process, reference, options and
+    // input (name and size), the same for every attempt and for -resume, so that a task stopped by SIGTERM (exit 75:
+    // walltime, preemption) continues from its checkpoint; removed once the task succeeds.
+    def checkpoint_root = task.ext.checkpoint_dir ?: "${workflow.workDir}/tissuemap-checkpoints"
+    def checkpoint_key = "${meta.id}-" + "${meta.labels_key} ${key_options} ${args}".md5().take(12)
     """
+    checkpoint_dir="${checkpoint_root}/${task.process.tokenize(':')[-1]}/${checkpoint_key}-\$(wc -c input/* | cksum | cut -d ' ' -f 1)"
     tissuemap-signatures \\
         --reference ${reference} \\
         --labels-key '${meta.labels_key}' \\
         ${key_options} \\
         --threads ${task.cpus} \\
         ${args} \\
+        --checkpoint-dir "\$checkpoint_dir" \\
+        --resume \\
         --outdir .
+    rm -rf "\$checkpoint_dir"
     """
 
     stub:
