@@ -46,8 +46,8 @@ KEY_PACKAGES = ("anndata", "scanpy", "numpy", "scipy", "pandas", "torch", "pyro-
 REFERENCE_FOLDER = "reference"
 INFO_FOLDER = "pipeline_info"
 STEPS_FILE = "steps.json"
-# A training step's checkpoint, one folder per step, outside the folders a step's outputs go to (a joint mapping's
-# work folder is cleared before each attempt); hidden, so that no step mistakes it for results.
+# A training step's checkpoint, one folder per step, outside the folders its outputs go to; hidden, so that no
+# step mistakes it for results.
 CHECKPOINT_FOLDER = ".checkpoints"
 # beside a checkpoint: the command line and inputs of the step that wrote it (the reuse rule decides on resuming)
 CHECKPOINT_STAMP = "step.json"
