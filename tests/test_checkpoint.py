@@ -209,8 +209,8 @@ def test_a_signal_stops_map_with_a_checkpoint_and_resume_gives_the_uninterrupted
     uninterrupted = map_command(spatial, signatures, whole, "--max-epochs", "1000")
     assert runner.invoke(main, uninterrupted).exit_code == 0
     for table in ("tiny.cell_abundance_q05.csv", "tiny.cell_abundance_mean.csv"):
-        assert (outdir / table).read_bytes() == (whole / table).read_bytes()
-    resumed, expected = (ad.read_h5ad(folder / "tiny.abundance.h5ad") for folder in (outdir, whole))
+        assert (outdir / "tiny" / table).read_bytes() == (whole / "tiny" / table).read_bytes()
+    resumed, expected = (ad.read_h5ad(folder / "tiny" / "tiny.abundance.h5ad") for folder in (outdir, whole))
     for key in expected.obsm:
         np.testing.assert_array_equal(resumed.obsm[key], expected.obsm[key])
 
