@@ -7,8 +7,9 @@ The steps, each a plain function:
 2. :func:`setup_mapping` subsets every sample and the signatures to their shared genes, in one order, stacks the
    samples (one batch per slide, each batch's spots contiguous) and computes the prior mean detection d̂.
 3. :func:`fit_mapping` trains the mean-field guide: one full-data step per iteration, the whole data on the device,
-   no host synchronisation inside the loop except every :data:`PROGRESS_EVERY` steps (progress and NaN check) and at
-   checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted fit continues with the same numbers.
+   no host synchronisation inside the loop except about once a second (progress and NaN check, paced by
+   :class:`tissuemap.progress.Progress`) and at checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted
+   fit continues with the same numbers. Whether the loss levelled off is judged by :mod:`tissuemap.convergence`.
 4. :func:`export_mapping` writes each sample's posterior into an AnnData, in the cell2location package's naming, with
    exact log-normal summaries of the guide (no posterior sampling).
 
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuemap.convergence import judge_convergence, log_convergence
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
 from tissuemap.log import logger
@@ -48,7 +50,6 @@ DEFAULT_DETECTION_ALPHA = 20.0
 DEFAULT_MAX_EPOCHS = 30_000
 DEFAULT_LR = 0.002
 DEFAULT_MIN_SHARED_GENES = 1000
-PROGRESS_EVERY = 100  # steps between progress-bar updates and NaN checks (the only host synchronisations)
 SUMMARIES = ("means", "stds", "q05", "q95")
 # sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
 LOCATION_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
@@ -347,6 +348,7 @@ class MappingFit:
     compiled: bool
     timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
     seconds: dict = field(default_factory=dict)
+    convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
 
     @property
     def iterations_per_second(self) -> float:
@@ -395,7 +397,7 @@ def fit_mapping(
         few kernels. ``None``: on a GPU only (on CPU it was measured slower for full-size data). A compiled objective
         that fails or disagrees with the plain one on a first evaluation is not used.
     progress
-        Show a progress bar.
+        Show progress (:class:`tissuemap.progress.Progress`: a bar on a terminal, plain log lines otherwise).
     checkpoint
         :class:`~tissuemap.checkpoint.Checkpointing`: save the fit's state every ``checkpoint.every`` steps and, with
         ``checkpoint.resume``, continue from a saved one. A resumed fit gives the numbers of an uninterrupted one
@@ -408,9 +410,9 @@ def fit_mapping(
         to resume from was written for other inputs or settings.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
+    from tissuemap.progress import Progress
 
     check_training_options(max_epochs, lr)
     started = time.perf_counter()
@@ -444,21 +446,19 @@ def fit_mapping(
     setup_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    bar = tqdm(total=max_epochs, desc="mapping", unit="step", disable=not progress, initial=steps_done)
-    for step in range(steps_done, max_epochs):
-        eps.normal_(generator=generator)
-        losses[step] = step_fn()
-        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == max_epochs:
-            window = losses[max(0, step + 1 - PROGRESS_EVERY): step + 1]
-            if not bool(torch.isfinite(window).all()):
-                bar.close()
-                first_bad = int(torch.nonzero(~torch.isfinite(losses[: step + 1]))[0]) + 1
-                raise InputError(_nan_message(first_bad))
-            bar.update(step + 1 - bar.n)
-            bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
-        if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
-            checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
-    bar.close()
+    checked = steps_done  # losses before this step are known to be finite
+    with Progress(max_epochs, "mapping", "step", enabled=progress, initial=steps_done) as bar:
+        for step in range(steps_done, max_epochs):
+            eps.normal_(generator=generator)
+            losses[step] = step_fn()
+            if bar.due() or step + 1 == max_epochs:
+                if not bool(torch.isfinite(losses[checked: step + 1]).all()):
+                    first_bad = int(torch.nonzero(~torch.isfinite(losses[: step + 1]))[0]) + 1
+                    raise InputError(_nan_message(first_bad))
+                checked = step + 1
+                bar.update(step + 1, f"loss {float(losses[step]) + objective.log_factorial_total:.4g}")
+            if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
+                checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     training_seconds = time.perf_counter() - started
@@ -471,6 +471,8 @@ def fit_mapping(
     logger.info("trained %d steps in %.1f s (%.1f it/s) on %s (compiled: %s, CUDA graph: %s); final -ELBO %.6g",
                 max_epochs, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
                 use_graph, loss[-1])
+    fit.convergence = judge_convergence(loss, "--max-epochs", "--mapping-epochs")
+    log_convergence(fit.convergence, "mapping")
     return fit
 
 
@@ -814,6 +816,8 @@ def history_record(result: MappingResult, name: str) -> dict:
         "n_spots": int(setup.data.n_locations),
         "n_genes": int(setup.data.n_genes),
         "n_cell_types": int(setup.data.n_types),
+        "converged": fit.convergence.get("converged"),
+        "convergence": fit.convergence,
         "loss_definition": "negative ELBO of the whole fit (all samples fitted together), log(x!) included",
         "loss_every": 1,
         "loss": [float(value) for value in fit.loss],

@@ -346,6 +346,15 @@ def _execute(step: Step, outdir: Path) -> None:
                 work_dir.parent.rmdir()
 
 
+def _log_above_bar(terminal: bool):
+    """On a terminal, print log lines above the run's progress bar rather than into it."""
+    if not terminal:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logger])
+
+
 def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bool = False) -> list[dict]:
     """Run ``steps`` in order through the command line, reusing the finished ones (unless ``force``).
 
@@ -353,8 +362,7 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
     finished), and writes ``pipeline_info/params.json`` (``parameters``) and ``versions.json`` (every installed
     package). Returns the steps' records.
     """
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from tissuemap.progress import Progress, stderr_is_terminal
 
     outdir = prepare_outdir(Path(outdir).resolve())
     info_dir = outdir / INFO_FOLDER
@@ -363,10 +371,9 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
     previous = {} if force else _read_records(info_dir)
     records = dict(previous)
     reused: set[str] = set()
-    # log lines printed above the progress bar rather than into it
-    with logging_redirect_tqdm(loggers=[logger]), tqdm(steps, desc="tissuemap run", unit="step") as progress:
-        for step in progress:
-            progress.set_postfix_str(step.label)
+    with _log_above_bar(stderr_is_terminal()), Progress(len(steps), "tissuemap run", "step") as progress:
+        for done, step in enumerate(steps):
+            progress.update(done, f"next: {step.label}")
             inputs = {str(path): _fingerprint(path) for path in step.inputs}
             record = previous.get(step.key)
             if (
@@ -390,6 +397,7 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
             records[step.key] = {"key": step.key, "step": step.label, "command": step.command_line(),
                                  "seconds": round(seconds, 3), "status": "ran", "inputs": inputs, "outputs": outputs}
             _write_json(info_dir, STEPS_FILE, [records[s.key] for s in steps if s.key in records])
+        progress.update(len(steps), "finished")
     finished = [records[step.key] for step in steps]
     _write_json(info_dir, STEPS_FILE, finished)
     ran = [record for record in finished if record["status"] == "ran"]
