@@ -24,7 +24,7 @@ FIT_FRACTION = 0.25  # the last share of the history the line is fitted to
 FALL_FRACTION = 0.1  # the share of the steps over which the fall is projected (and the first window's share)
 MIN_VALUES = 20  # shorter histories are not judged
 MAX_TAIL_FALL = 0.01  # of the total decrease, allowed over the last FALL_FRACTION of the steps
-NOISE_Z = 2.0  # standard errors of the slope added to the fall
+NOISE_Z = 1.0  # standard errors of the slope added to the fall
 
 
 def judge_convergence(loss, option: str, run_option: str) -> dict:
