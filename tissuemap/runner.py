@@ -346,15 +346,6 @@ def _execute(step: Step, outdir: Path) -> None:
                 work_dir.parent.rmdir()
 
 
-def _log_above_bar(terminal: bool):
-    """On a terminal, print log lines above the run's progress bar rather than into it."""
-    if not terminal:
-        return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm(loggers=[logger])
-
-
 def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bool = False) -> list[dict]:
     """Run ``steps`` in order through the command line, reusing the finished ones (unless ``force``).
 
@@ -362,7 +353,9 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
     finished), and writes ``pipeline_info/params.json`` (``parameters``) and ``versions.json`` (every installed
     package). Returns the steps' records.
     """
-    from tissuemap.progress import Progress, stderr_is_terminal
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from tissuemap.progress import Progress
 
     outdir = prepare_outdir(Path(outdir).resolve())
     info_dir = outdir / INFO_FOLDER
@@ -371,7 +364,8 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
     previous = {} if force else _read_records(info_dir)
     records = dict(previous)
     reused: set[str] = set()
-    with _log_above_bar(stderr_is_terminal()), Progress(len(steps), "tissuemap run", "step") as progress:
+    # log lines through tqdm: printed above the progress bar on a terminal, plain lines otherwise
+    with logging_redirect_tqdm(loggers=[logger]), Progress(len(steps), "tissuemap run", "step") as progress:
         for done, step in enumerate(steps):
             progress.update(done, f"next: {step.label}")
             inputs = {str(path): _fingerprint(path) for path in step.inputs}
