@@ -28,10 +28,15 @@ DPI = 80
 ABUNDANCE_COLOURMAP = "magma"
 # The tissue image is drawn in grey and faded, so that no colour of the maps is lost on the stain's pinks and lilacs.
 IMAGE_ALPHA = 0.5
-# Qualitative colours for the dominant cell type, 48 before they repeat: saturated, mid-dark shades first (tab10,
-# Dark2, Set1), that stand out on the faded grey tissue; each spot also gets a dark edge.
-CATEGORY_COLOURS = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors, *plt.get_cmap("Set1").colors,
-                    *plt.get_cmap("tab20b").colors[0::2], *plt.get_cmap("tab20c").colors[0::4]]
+# Qualitative colours for the dominant cell type, 38 before they repeat: saturated, mid-dark shades first (tab10,
+# Dark2, Set1, without their greys, which vanish on the grey tissue); each spot also gets a dark edge.
+_GREYS = {"#7f7f7f", "#666666", "#999999", "#636363"}
+CATEGORY_COLOURS = [
+    colour
+    for name, step in (("tab10", 1), ("Dark2", 1), ("Set1", 1), ("tab20b", 2), ("tab20c", 4))
+    for colour in plt.get_cmap(name).colors[::step]
+    if plt.matplotlib.colors.to_hex(colour) not in _GREYS
+]
 SPOT_EDGE = {"edgecolors": "#1d2330", "linewidths": 0.4}
 # The overlay map (cell2location's plot_spatial): this many most abundant types, each in one of these colours.
 OVERLAY_TYPES = 6
@@ -176,7 +181,7 @@ def abundance_maps(abundance: pd.DataFrame, view: TissueView) -> bytes:
 
 
 def category_colours(categories) -> dict[str, tuple]:
-    """A colour per category, in order (the palette repeats after 60 categories)."""
+    """A colour per category, in order (the palette repeats after its 38 colours)."""
     return {name: CATEGORY_COLOURS[index % len(CATEGORY_COLOURS)] for index, name in enumerate(categories)}
 
 
@@ -240,7 +245,7 @@ def overlay_map(abundance: pd.DataFrame, view: TissueView, cell_types: list[str]
     width, height = view.panel_size(7)
     # on a dark background, as the package draws it: the colours' intensities read as brightness
     with plt.style.context("dark_background"):
-        fig, ax = plt.subplots(figsize=(width + 2.8, height), layout="constrained")
+        fig, ax = plt.subplots(figsize=(width + 3.2, height), layout="constrained")
         _draw_tissue(ax, view, OVERLAY_IMAGE_ALPHA)
         _spots(ax, view, facecolors=rgba)
         handles = [Patch(color=colour, label=_plain(name)) for name, colour in zip(cell_types, colours)]
