@@ -798,7 +798,8 @@ QC_PLOT_ENTRIES = 2_000_000
 
 
 def history_record(result: MappingResult, name: str) -> dict:
-    """The training history written to ``NAME.mapping_history.json``."""
+    """The training history written to ``NAME.mapping_history.json``: settings, timings, the loss per step, and
+    whether it levelled off (``converged``, ``convergence``: :func:`tissuemap.convergence.judge_convergence`)."""
     fit, setup = result.fit, result.setup
     return {
         "sample": name,

@@ -449,8 +449,9 @@ def estimate_signatures(
     Returns
     -------
     The run's record (JSON-serialisable): ``elbo`` (-ELBO per epoch, each the mean of its minibatches' losses
-    scaled to the whole reference; empty for ``mean``), ``training_seconds``, ``export_seconds``, ``device``,
-    ``epochs``, sizes, and ``settings``. Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
+    scaled to the whole reference; empty for ``mean``), ``converged`` and ``convergence`` (for ``nb``: whether the
+    loss levelled off, :func:`tissuemap.convergence.judge_convergence`), ``training_seconds``, ``export_seconds``,
+    ``device``, ``epochs``, sizes, and ``settings``. Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
     only means for ``mean``) and ``adata.uns['mod']``.
     """
     _check_options(method, max_epochs, batch_size, lr)
