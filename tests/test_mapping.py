@@ -6,6 +6,9 @@ the model and the objective are the same.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import anndata as ad
 import numpy as np
@@ -281,6 +284,29 @@ def test_training_steps_are_the_packages_pyro_adam(simulated):
             assert (parameters.grad.abs() > 200).any()
         optimizer([parameters])
     torch.testing.assert_close(fit.guide_parameters, parameters.detach(), rtol=0, atol=0)
+
+
+def test_the_tests_long_fit_levelled_off(simulated):
+    history = json.loads((simulated / "map" / "sample1.mapping_history.json").read_text())
+    assert history["converged"] is True, history["convergence"]
+
+
+def test_a_short_fit_logs_plain_progress_and_says_it_has_not_converged(simulated, tmp_path):
+    # stderr is a file here, as in a pipeline's log: plain progress lines, no redrawn bar
+    command = [sys.executable, "-m", "tissuemap", "map", "--spatial", str(simulated / "qc" / "sample1.qc.h5ad"),
+               "--signatures", str(simulated / "data" / "truth" / "profiles.csv"), "--max-epochs", "300",
+               "--n-cells-per-location", "8",
+               "--min-shared-genes", SHARED_GENES, "--device", "cpu", "--outdir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    progress = [line for line in done.stderr.splitlines() if " mapping: " in line]
+    assert progress and "mapping: 300/300 steps (100%)" in progress[-1] and "loss" in progress[-1]
+    assert "mapping has not converged: the loss was still falling at the last step: train longer, e.g. " \
+           "--max-epochs 900 (--mapping-epochs 900 in tissuemap run)" in done.stderr
+    history = json.loads((tmp_path / "sample1.mapping_history.json").read_text())
+    assert history["converged"] is False
+    assert history["convergence"]["relative_tail_fall"] > 0.01
 
 
 def test_divergence_is_a_clear_error(simulated):

@@ -5,17 +5,28 @@ few steps of `map` on breast_crop, with some cell types renamed to names that HT
 """
 
 import html
+import io
 import json
 import re
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from tissuemap.cli import main
-from tissuemap.report.figures import colour_scale_limit
-from tissuemap.report.inputs import cell_type_proportions
+from tissuemap.convergence import judge_convergence
+from tissuemap.report.figures import (
+    OVERLAY_COLOURS,
+    OVERLAY_TYPES,
+    TissueView,
+    colour_scale_limit,
+    overlay_map,
+    overlay_types,
+    tissue_view,
+)
+from tissuemap.report.inputs import abundance_table, cell_type_proportions, read_abundance
 
 SAMPLE = "breast"
 LYMPH_NODE_TYPES = ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
@@ -93,12 +104,29 @@ def sample_page(sample_folder, tmp_path_factory):
 
 def test_sample_report_is_self_contained_and_embeds_every_plot(sample_page):
     assert_self_contained(sample_page)
-    # the qc step's 2 plots, the map step's 3 QC plots, and the report's abundance, dominant type and proportions
-    assert len(image_sources(sample_page)) == 8
+    # the qc step's 2 plots, the map step's 3 QC plots, and the report's counts-cells-detection maps, abundance,
+    # overlay, dominant type and proportions
+    assert len(image_sources(sample_page)) == 10
     for title in ("Spot QC metrics", "Mapping training history", "Observed against expected counts",
-                  "Cells, counts and detection", "Cells of each type per spot",
+                  "Cells, counts and detection", "Counts, cells and detection over the tissue",
+                  "Cells of each type per spot", "The 6 most abundant cell types together",
                   "Dominant cell type per spot", "Cell-type proportions"):
         assert f"<strong>{title}.</strong>" in sample_page
+
+
+def test_overlay_shows_the_most_abundant_types_in_distinct_colours(sample_folder):
+    adata = read_abundance(sample_folder / f"{SAMPLE}.abundance.h5ad")
+    abundance = abundance_table(adata)
+    chosen = overlay_types(abundance)
+    assert len(chosen) == OVERLAY_TYPES and len(set(OVERLAY_COLOURS)) == OVERLAY_TYPES
+    assert abundance[chosen].sum().min() >= abundance.drop(columns=chosen).sum().max()
+    # the overlay of each type alone shows its colour where it is abundant and the tissue where it is absent
+    view = tissue_view(adata, SAMPLE)
+    empty_view = TissueView(view.xy, view.radius, None, view.xlim, view.ylim)
+    only = pd.DataFrame({"a": np.r_[np.zeros(len(abundance) - 1), 5.0]}, index=abundance.index)
+    picture = plt.imread(io.BytesIO(overlay_map(only, empty_view, ["a"])))
+    red = np.array(plt.matplotlib.colors.to_rgb(OVERLAY_COLOURS[0]))
+    assert (np.abs(picture[..., :3] - red).max(axis=-1) < 0.02).any()
 
 
 def test_sample_report_names_every_cell_type_escaped(sample_page):
@@ -195,6 +223,42 @@ def test_summary_rows_links_and_heat_map(sample_folder, tmp_path):
     result = CliRunner().invoke(main, ["report", "summary", "--input-dir", str(results), "--outdir", str(tmp_path),
                                        "--samples", f"{SAMPLE},gone"])
     assert result.exit_code == 1 and "no gone.qc.json or gone.abundance.h5ad found" in result.output
+
+
+def with_history(source, folder, name, update):
+    """``folder``: a copy of the files of ``source`` with the JSON file ``name`` updated by ``update``."""
+    folder.mkdir(parents=True)
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    history = json.loads((folder / name).read_text())
+    (folder / name).write_text(json.dumps({**history, **update}))
+    return folder
+
+
+def test_unfinished_training_is_a_visible_notice_in_every_report(sample_folder, reference_folder, sample_page,
+                                                                  tmp_path):
+    assert 'class="notice"' not in sample_page  # 3 steps: too few to judge, no notice
+    falling = np.linspace(2e6, 1e6, 100)
+    results = tmp_path / "results"
+    for folder, name, what, run_option in (
+            (results / SAMPLE, f"{SAMPLE}.mapping_history.json", "Mapping", "--mapping-epochs"),
+            (results / "reference", "reference.signatures_history.json", "The signature regression",
+             "--regression-epochs")):
+        source = sample_folder if folder.name == SAMPLE else reference_folder
+        convergence = judge_convergence(falling, "--max-epochs", run_option)
+        with_history(source, folder, name, {"converged": False, "convergence": convergence})
+    invoke("report", "sample", "--sample", SAMPLE, "--input-dir", results / SAMPLE, "--outdir", tmp_path)
+    invoke("report", "reference", "--input-dir", results / "reference", "--outdir", tmp_path)
+    invoke("report", "summary", "--input-dir", results, "--outdir", tmp_path)
+    advice = "the loss was still falling at the last step: train longer, e.g. --max-epochs 300"
+    for page, whats in (("breast.report.html", ["Mapping"]), ("reference.report.html", ["The signature regression"]),
+                        ("summary.html", ["The signature regression", f"The mapping of {SAMPLE}"])):
+        text = (tmp_path / page).read_text()
+        for what in whats:
+            assert re.search(rf'<p class="notice" role="alert"><strong>Training had not levelled off.</strong> '
+                             rf'{what} had not converged: {advice}', text), (page, what)
+    assert '<th scope="row">loss levelled off</th><td>no: train longer</td>' in (
+        tmp_path / "breast.report.html").read_text()
 
 
 def test_summary_without_samples_names_the_steps(tmp_path):

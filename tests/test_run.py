@@ -257,6 +257,8 @@ def test_rerun_reuses_finished_steps_and_force_runs_them_again(real_data, result
     output = run_pipeline(*args).output
     assert step_status(rerun) == dict.fromkeys(everything, "reused")
     assert "breast: mapping: reused" in output
+    # stderr is not a terminal here, as in a log file: plain progress lines, no redrawn bar
+    assert "\r" not in output and "tissuemap run: 4/4 steps (100%)" in output
     assert file_stats(rerun) == first
 
     # another mapping option: the mapping and what reads it run again, QC is reused

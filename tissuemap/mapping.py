@@ -7,8 +7,9 @@ The steps, each a plain function:
 2. :func:`setup_mapping` subsets every sample and the signatures to their shared genes, in one order, stacks the
    samples (one batch per slide, each batch's spots contiguous) and computes the prior mean detection d̂.
 3. :func:`fit_mapping` trains the mean-field guide: one full-data step per iteration, the whole data on the device,
-   no host synchronisation inside the loop except every :data:`PROGRESS_EVERY` steps (progress and NaN check) and at
-   checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted fit continues with the same numbers.
+   no host synchronisation inside the loop except about once a second (progress and NaN check, paced by
+   :class:`tissuemap.progress.Progress`) and at checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted
+   fit continues with the same numbers. Whether the loss levelled off is judged by :mod:`tissuemap.convergence`.
 4. :func:`export_mapping` writes each sample's posterior into an AnnData, in the cell2location package's naming, with
    exact log-normal summaries of the guide (no posterior sampling).
 
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuemap.convergence import judge_convergence, log_convergence
 from tissuemap.counts import check_raw_counts
 from tissuemap.defaults import (
     MAPPING_DETECTION_ALPHA,
@@ -51,7 +53,6 @@ from tissuemap.errors import InputError
 from tissuemap.log import counted, logger
 from tissuemap.samplesheet import validate_name
 
-PROGRESS_EVERY = 100  # steps between progress-bar updates and NaN checks (the only host synchronisations)
 SUMMARIES = ("means", "stds", "q05", "q95")
 # sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
 LOCATION_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
@@ -362,6 +363,7 @@ class MappingFit:
     timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
     threads: int  # torch's CPU threads when the training loop started
     seconds: dict = field(default_factory=dict)
+    convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
 
     @property
     def iterations_per_second(self) -> float:
@@ -412,7 +414,7 @@ def fit_mapping(
         few kernels. ``None``: on a GPU only (on CPU it was measured slower for full-size data). A compiled objective
         that fails or disagrees with the plain one on a first evaluation is not used.
     progress
-        Show a progress bar.
+        Show progress (:class:`tissuemap.progress.Progress`: a bar on a terminal, plain log lines otherwise).
     checkpoint
         :class:`~tissuemap.checkpoint.Checkpointing`: save the fit's state every ``checkpoint.every`` steps and, with
         ``checkpoint.resume``, continue from a saved one. A resumed fit gives the numbers of an uninterrupted one
@@ -431,10 +433,10 @@ def fit_mapping(
         to resume from was written for other inputs or settings.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from tissuemap.interruption import stop_training
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
+    from tissuemap.progress import Progress
 
     check_training_options(max_epochs, lr)
     started = time.perf_counter()
@@ -473,25 +475,23 @@ def fit_mapping(
         use_threads(threads)  # again: a library may have changed it since the step started
     training_threads = torch.get_num_threads()
     started = time.perf_counter()
-    bar = tqdm(total=max_epochs, desc="mapping", unit="step", disable=not progress, initial=steps_done)
-    for step in range(steps_done, max_epochs):
-        eps.normal_(generator=generator)
-        losses[step] = step_fn()
-        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == max_epochs:
-            window = losses[max(0, step + 1 - PROGRESS_EVERY): step + 1]
-            if not bool(torch.isfinite(window).all()):
-                bar.close()
-                first_bad = int(torch.nonzero(~torch.isfinite(losses[: step + 1]))[0]) + 1
-                raise InputError(_nan_message(first_bad))
-            bar.update(step + 1 - bar.n)
-            bar.set_postfix(loss=f"{float(window[-1]) + objective.log_factorial_total:.4g}")
-        if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
-            checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
-        if stop is not None and stop.signal_name is not None:
-            bar.close()
-            stop_training(stop, checkpoint, lambda: _training_state(step + 1, parameters, optimizer, generator, losses),
-                          checkpoint_key, step + 1, max_epochs, "steps")
-    bar.close()
+    checked = steps_done  # losses before this step are known to be finite
+    with Progress(max_epochs, "mapping", "step", enabled=progress, initial=steps_done) as bar:
+        for step in range(steps_done, max_epochs):
+            eps.normal_(generator=generator)
+            losses[step] = step_fn()
+            if bar.due() or step + 1 == max_epochs:
+                if not bool(torch.isfinite(losses[checked: step + 1]).all()):
+                    first_bad = int(torch.nonzero(~torch.isfinite(losses[: step + 1]))[0]) + 1
+                    raise InputError(_nan_message(first_bad))
+                checked = step + 1
+                bar.update(step + 1, f"loss {float(losses[step]) + objective.log_factorial_total:.4g}")
+            if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
+                checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
+            if stop is not None and stop.signal_name is not None:
+                stop_training(stop, checkpoint,
+                              lambda: _training_state(step + 1, parameters, optimizer, generator, losses),
+                              checkpoint_key, step + 1, max_epochs, "steps")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     training_seconds = time.perf_counter() - started
@@ -505,6 +505,8 @@ def fit_mapping(
     logger.info("trained %d steps in %.1f s (%.1f it/s) on %s (compiled: %s, CUDA graph: %s); final -ELBO %.6g",
                 max_epochs, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
                 use_graph, loss[-1])
+    fit.convergence = judge_convergence(loss, "--max-epochs", "--mapping-epochs")
+    log_convergence(fit.convergence, "mapping")
     return fit
 
 
@@ -846,7 +848,8 @@ QC_PLOT_ENTRIES = 2_000_000
 
 
 def history_record(result: MappingResult, name: str) -> dict:
-    """The training history written to ``NAME.mapping_history.json``."""
+    """The training history written to ``NAME.mapping_history.json``: settings, timings, the loss per step, and
+    whether it levelled off (``converged``, ``convergence``: :func:`tissuemap.convergence.judge_convergence`)."""
     fit, setup = result.fit, result.setup
     return {
         "sample": name,
@@ -865,6 +868,8 @@ def history_record(result: MappingResult, name: str) -> dict:
         "n_spots": int(setup.data.n_locations),
         "n_genes": int(setup.data.n_genes),
         "n_cell_types": int(setup.data.n_types),
+        "converged": fit.convergence.get("converged"),
+        "convergence": fit.convergence,
         "loss_definition": "negative ELBO of the whole fit (all samples fitted together), log(x!) included",
         "loss_every": 1,
         "loss": [float(value) for value in fit.loss],

@@ -471,8 +471,9 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
 
 
 def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) -> list[dict]:
-    from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from tissuemap.progress import Progress
 
     info_dir = outdir / INFO_FOLDER
     _write_json(info_dir, "params.json", parameters)
@@ -480,10 +481,10 @@ def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) 
     previous = {} if force else _read_records(info_dir)
     records = dict(previous)
     reused: set[str] = set()
-    # log lines printed above the progress bar rather than into it
-    with logging_redirect_tqdm(loggers=[logger]), tqdm(steps, desc="tissuemap run", unit="step") as progress:
-        for step in progress:
-            progress.set_postfix_str(step.label)
+    # log lines through tqdm: printed above the progress bar on a terminal, plain lines otherwise
+    with logging_redirect_tqdm(loggers=[logger]), Progress(len(steps), "tissuemap run", "step") as progress:
+        for done, step in enumerate(steps):
+            progress.update(done, f"next: {step.label}")
             inputs = {str(path): _fingerprint(path) for path in step.inputs}
             record = previous.get(step.key)
             if (
@@ -514,6 +515,7 @@ def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) 
             records[step.key] = {"key": step.key, "step": step.label, "command": step.command_line(),
                                  "seconds": round(seconds, 3), "status": "ran", "inputs": inputs, "outputs": outputs}
             _write_json(info_dir, STEPS_FILE, [records[s.key] for s in steps if s.key in records])
+        progress.update(len(steps), "finished")
     finished = [records[step.key] for step in steps]
     _write_json(info_dir, STEPS_FILE, finished)
     ran = [record for record in finished if record["status"] == "ran"]

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuemap.convergence import judge_convergence, log_convergence
 from tissuemap.defaults import (
     SIGNATURES_BATCH_SIZE,
     SIGNATURES_LR,
@@ -47,9 +48,6 @@ SUMMARY_STATS = ("means", "stds", "q05", "q95")
 SIGNATURE_SITE = "mu_fg"
 # Name of the single batch when the reference has no batch column.
 ONE_BATCH = "all"
-# The loss is read back from the device every this many steps (rounded to whole epochs) to update the progress bar
-# and catch a diverging fit; in between the device runs without waiting for the host.
-STEPS_BETWEEN_CHECKS = 50
 # The count matrix is held dense on the device when it takes at most this share of the free memory, else as
 # padded sparse rows; the rest is left for the minibatch's tensors and their gradients.
 DENSE_MEMORY_SHARE = 0.5
@@ -239,58 +237,62 @@ def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size
              device, checkpoint=None, checkpoint_key: str = "") -> np.ndarray:
     """Minibatch SVI: each epoch visits every cell once in a seeded random order; returns -ELBO per epoch.
 
-    The step losses stay on the device; they are read back only every ``STEPS_BETWEEN_CHECKS`` steps (whole
-    epochs) for the progress bar and the divergence check, and at checkpoints. ``checkpoint``
-    (:class:`~tissuemap.checkpoint.Checkpointing`, epochs between saves) saves the guide, the optimiser, the losses
-    and the random generators' states (Pyro's noise and the minibatch order), from which a resumed fit continues
-    with the numbers of an uninterrupted one. SIGTERM or SIGINT stops the fit at the end of the epoch, with a
-    checkpoint (:mod:`tissuemap.interruption`).
+    The step losses stay on the device; they are read back only at the end of an epoch about once a second
+    (:class:`tissuemap.progress.Progress`) for the progress and the divergence check, and at checkpoints; within a
+    long epoch the progress shows the minibatches done. ``checkpoint`` (:class:`~tissuemap.checkpoint.Checkpointing`,
+    epochs between saves) saves the guide, the optimiser, the losses and the random generators' states (Pyro's noise
+    and the minibatch order), from which a resumed fit continues with the numbers of an uninterrupted one. SIGTERM
+    or SIGINT stops the fit at the end of the epoch, with a checkpoint (:mod:`tissuemap.interruption`).
     """
     import pyro
     import torch
-    from tqdm.auto import tqdm
 
     from tissuemap.interruption import stop_on_signals, stop_training
     from tissuemap.models.regression import negative_elbo
+    from tissuemap.progress import Progress
 
     steps_per_epoch = math.ceil(n_cells / batch_size)
-    epochs_between_checks = max(1, STEPS_BETWEEN_CHECKS // steps_per_epoch)
     batch_order = torch.Generator(device=device)
     batch_order.manual_seed(seed)
     step_losses = torch.zeros(max_epochs, steps_per_epoch, device=device)
     epoch_losses = np.empty(0)
-    with _deterministic_algorithms(), pyro.validation_enabled(False), stop_on_signals() as stop, \
-            tqdm(total=max_epochs, desc="signatures", unit="epoch") as progress:
+    with _deterministic_algorithms(), pyro.validation_enabled(False), stop_on_signals() as stop:
         guide(*minibatch(torch.arange(batch_size, device=device)))  # creates the guide's parameters
         optimiser = torch.optim.Adam(guide.parameters(), lr=lr)
         saved = checkpoint.load(checkpoint_key) if checkpoint is not None else None
         first_epoch = _restore_svi(saved, guide, optimiser, batch_order, step_losses) if saved is not None else 0
-        progress.update(first_epoch)
-        for epoch in range(first_epoch, max_epochs):
-            order = torch.randperm(n_cells, generator=batch_order, device=device)
-            for step, cell_ids in enumerate(order.split(batch_size)):
-                loss = negative_elbo(module.model, guide, *minibatch(cell_ids))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                step_losses[epoch, step] = loss.detach()
-            if (epoch + 1) % epochs_between_checks == 0 or epoch + 1 == max_epochs:
-                # mean over the epoch's minibatches: each one's loss is already scaled to the whole reference
-                epoch_losses = step_losses[: epoch + 1].mean(1).cpu().numpy()
-                diverged = ~np.isfinite(epoch_losses)
-                if diverged.any():
-                    raise InputError(
-                        f"signature training diverged: the loss became NaN or infinite at epoch "
-                        f"{int(np.flatnonzero(diverged)[0]) + 1}; check the reference holds raw UMI counts (not "
-                        f"normalised), drop cells or genes with extreme counts, or lower --lr (now {lr})"
-                    )
-                progress.update(epoch + 1 - progress.n)
-                progress.set_postfix(loss=f"{epoch_losses[-1]:.4g}")
-            if checkpoint is not None and checkpoint.due(epoch + 1, max_epochs):
-                checkpoint.save(_svi_state(epoch + 1, guide, optimiser, batch_order, step_losses), checkpoint_key)
-            if stop.signal_name is not None:
-                stop_training(stop, checkpoint, lambda: _svi_state(epoch + 1, guide, optimiser, batch_order, step_losses),
-                              checkpoint_key, epoch + 1, max_epochs, "epochs")
+        with Progress(max_epochs, "signatures", "epoch", initial=first_epoch) as progress:
+            for epoch in range(first_epoch, max_epochs):
+                order = torch.randperm(n_cells, generator=batch_order, device=device)
+                report = False  # the loss is read back at the end of an epoch in which progress was due
+                for step, cell_ids in enumerate(order.split(batch_size)):
+                    loss = negative_elbo(module.model, guide, *minibatch(cell_ids))
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    step_losses[epoch, step] = loss.detach()
+                    if progress.due():
+                        report = True
+                        if step + 1 < steps_per_epoch:  # within a long epoch: the count only
+                            progress.update(epoch + (step + 1) / steps_per_epoch)
+                if report or epoch + 1 == max_epochs:
+                    # mean over the epoch's minibatches: each one's loss is already scaled to the whole reference
+                    epoch_losses = step_losses[: epoch + 1].mean(1).cpu().numpy()
+                    diverged = ~np.isfinite(epoch_losses)
+                    if diverged.any():
+                        raise InputError(
+                            f"signature training diverged: the loss became NaN or infinite at epoch "
+                            f"{int(np.flatnonzero(diverged)[0]) + 1}; check the reference holds raw UMI counts (not "
+                            f"normalised), drop cells or genes with extreme counts, or lower --lr (now {lr})"
+                        )
+                    progress.update(epoch + 1, f"loss {epoch_losses[-1]:.4g}")
+                if checkpoint is not None and checkpoint.due(epoch + 1, max_epochs):
+                    checkpoint.save(_svi_state(epoch + 1, guide, optimiser, batch_order, step_losses),
+                                    checkpoint_key)
+                if stop.signal_name is not None:
+                    stop_training(stop, checkpoint,
+                                  lambda: _svi_state(epoch + 1, guide, optimiser, batch_order, step_losses),
+                                  checkpoint_key, epoch + 1, max_epochs, "epochs")
     return epoch_losses
 
 
@@ -405,8 +407,12 @@ def _train_regression(adata, design: ReferenceDesign, max_epochs: int, batch_siz
         export_seconds = time.perf_counter() - started
     logger.info("Trained in %.1f s (%.2f epochs/s); final -ELBO %.6g; posterior exported in %.2f s",
                 training_seconds, max_epochs / training_seconds, epoch_losses[-1], export_seconds)
+    convergence = judge_convergence(epoch_losses, "--max-epochs", "--regression-epochs")
+    log_convergence(convergence, "the signature regression")
     record = {
         "elbo": [float(value) for value in epoch_losses],
+        "converged": convergence["converged"],
+        "convergence": convergence,
         "epochs": max_epochs,
         "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size,
@@ -470,9 +476,10 @@ def estimate_signatures(
     Returns
     -------
     The run's record (JSON-serialisable): ``elbo`` (-ELBO per epoch, each the mean of its minibatches' losses
-    scaled to the whole reference; empty for ``mean``), ``training_seconds``, ``export_seconds``, ``device``,
-    ``epochs``, ``threads`` (torch's CPU threads when training started; for ``nb``), sizes, and ``settings``.
-    Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
+    scaled to the whole reference; empty for ``mean``), ``converged`` and ``convergence`` (for ``nb``: whether the
+    loss levelled off, :func:`tissuemap.convergence.judge_convergence`), ``training_seconds``, ``export_seconds``,
+    ``device``, ``epochs``, ``threads`` (torch's CPU threads when training started; for ``nb``), sizes, and
+    ``settings``. Writes ``adata.varm['{k}_per_cluster_mu_fg']`` (k = means, stds, q05, q95;
     only means for ``mean``) and ``adata.uns['mod']``.
     """
     _check_options(method, max_epochs, batch_size, lr)

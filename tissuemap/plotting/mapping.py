@@ -11,8 +11,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-PANEL_SIZE = 2.6  # inches per spatial panel
-MAX_COLUMNS = 6
+PANEL_SIZE = 3.4  # inches per spatial panel
+MAX_COLUMNS = 4  # few enough per row that each panel's spots stay visible
 
 
 def plot_cells_vs_counts(adata, path: str | os.PathLike, sample: str) -> None:
@@ -57,7 +57,7 @@ def plot_cell_abundance_spatial(adata, path: str | os.PathLike, sample: str, sum
     try:
         for axis, cell_type, column in zip(axes.flat, cell_types, table.columns):
             values = table[column].to_numpy(dtype=float)
-            points = axis.scatter(xy[:, 0], xy[:, 1], c=values, s=4, cmap="magma", vmin=0,
+            points = axis.scatter(xy[:, 0], xy[:, 1], c=values, s=10, cmap="magma", vmin=0,
                                   vmax=max(float(np.quantile(values, 0.99)), 1e-6))
             fig.colorbar(points, ax=axis, shrink=0.8)
             axis.set_title(str(cell_type), fontsize=9)

@@ -18,6 +18,9 @@ from matplotlib.patches import Circle
 HISTOGRAM_BINS = 50
 REMOVED_COLOUR = "tab:red"
 VISIUM_SPOT_DIAMETER_OVER_DISTANCE = 0.55
+# The UMIs-per-spot map's colour scale ends at this quantile: a few very deep spots would otherwise make all the
+# others dark (UMIs per spot often span two orders of magnitude).
+UMI_SCALE_QUANTILE = 0.99
 
 
 def plot_qc_histograms(adata, path: str | Path) -> None:
@@ -80,6 +83,11 @@ def spot_radius(xy: np.ndarray, scalefactors: dict, scale: float) -> float:
     return VISIUM_SPOT_DIAMETER_OVER_DISTANCE / 2 * float(np.median(distances[:, 1])) or 1.0
 
 
+def umi_colour_cap(umis: np.ndarray) -> float:
+    """Upper end of the UMIs-per-spot colour scale: the :data:`UMI_SCALE_QUANTILE` quantile (at least 1)."""
+    return max(float(np.quantile(umis, UMI_SCALE_QUANTILE)), 1.0) if len(umis) else 1.0
+
+
 def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
     """Save the UMIs per kept spot over the tissue image (hires, else lowres); removed spots outlined in red.
 
@@ -96,10 +104,15 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
     try:
         if image is not None:
             ax.imshow(image)
+        umis = adata.obs["total_counts"].to_numpy(dtype=float)
         spots = PatchCollection([Circle(point, radius) for point in xy], cmap="viridis", linewidth=0)
-        spots.set_array(adata.obs["total_counts"].to_numpy(dtype=float))
+        spots.set_array(umis)
+        cap = umi_colour_cap(umis)
+        spots.set_clim(0, cap)
         ax.add_collection(spots)
-        fig.colorbar(spots, ax=ax, shrink=0.8, label="UMIs per spot (MT genes excluded)")
+        fig.colorbar(spots, ax=ax, shrink=0.8, extend="max" if umis.size and umis.max() > cap else "neither",
+                     label=f"UMIs per spot (MT genes excluded); scale ends at the {UMI_SCALE_QUANTILE:.0%} quantile "
+                           f"({cap:,.0f})")
         if len(removed_xy):
             outline = {"facecolor": "none", "edgecolor": REMOVED_COLOUR, "linewidth": 0.8}
             ax.add_collection(PatchCollection([Circle(point, radius) for point in removed_xy], **outline))

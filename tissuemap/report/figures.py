@@ -14,24 +14,36 @@ import pandas as pd
 from matplotlib.collections import EllipseCollection
 from matplotlib.patches import Patch
 
-from tissuemap.plotting.qc import image_and_scale, spot_radius
+from tissuemap.plotting.qc import UMI_SCALE_QUANTILE, image_and_scale, spot_radius, umi_colour_cap
 
 # Each abundance map's colour scale ends at this quantile of its values, as in the cell2location tutorial
 # (vmax='p99.2'), so that a few extreme spots do not wash out the rest of the tissue.
 COLOUR_SCALE_QUANTILE = 0.992
-PANEL_INCHES = 3.3
-# Small multiples fill rows of about this width: more panels per row for tall, narrow tissue.
-FIGURE_WIDTH_INCHES = 13
+PANEL_INCHES = 4.6
+# Small multiples fill rows of about this width: 3 panels of a square tissue per row, so that spots stay visible.
+FIGURE_WIDTH_INCHES = 18
 # A panel's colour bar adds about this share to its width.
 COLOUR_BAR_SHARE = 0.25
 DPI = 80
 ABUNDANCE_COLOURMAP = "magma"
-# The tissue image is faded so that the spots' colours stand out from the stain's.
-IMAGE_ALPHA = 0.6
-# Qualitative colours for the dominant cell type, 60 before they repeat: tab20's dark shades first, then its light
-# ones, so that neighbouring types do not get two shades of one hue.
-_TAB20 = plt.get_cmap("tab20").colors
-CATEGORY_COLOURS = [*_TAB20[0::2], *_TAB20[1::2], *plt.get_cmap("tab20b").colors, *plt.get_cmap("tab20c").colors]
+# The tissue image is drawn in grey and faded, so that no colour of the maps is lost on the stain's pinks and lilacs.
+IMAGE_ALPHA = 0.5
+# Qualitative colours for the dominant cell type, 38 before they repeat: saturated, mid-dark shades first (tab10,
+# Dark2, Set1, without their greys, which vanish on the grey tissue); each spot also gets a dark edge.
+_GREYS = {"#7f7f7f", "#666666", "#999999", "#636363"}
+CATEGORY_COLOURS = [
+    colour
+    for name, step in (("tab10", 1), ("Dark2", 1), ("Set1", 1), ("tab20b", 2), ("tab20c", 4))
+    for colour in plt.get_cmap(name).colors[::step]
+    if plt.matplotlib.colors.to_hex(colour) not in _GREYS
+]
+SPOT_EDGE = {"edgecolors": "#1d2330", "linewidths": 0.4}
+# The overlay map (cell2location's plot_spatial): this many most abundant types, each in one of these colours.
+OVERLAY_TYPES = 6
+OVERLAY_COLOURS = ["#ff2a2a", "#3d7dff", "#2bd14f", "#ff9d00", "#c04dff", "#00e0f0"]
+OVERLAY_SHARPNESS = 4
+# On the overlay's dark background the tissue is fainter still.
+OVERLAY_IMAGE_ALPHA = 0.35
 
 
 @dataclass(frozen=True)
@@ -97,9 +109,18 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _draw_tissue(ax, view: TissueView) -> None:
+def _grey(image: np.ndarray) -> np.ndarray:
+    """The luminance of an RGB(A) image (values as stored: 0-1 floats or 0-255 integers), as floats in 0-1."""
+    image = np.asarray(image)
+    scale = 255.0 if np.issubdtype(image.dtype, np.integer) else 1.0
+    if image.ndim == 2:
+        return image / scale
+    return (image[..., :3] @ np.array([0.299, 0.587, 0.114])) / scale
+
+
+def _draw_tissue(ax, view: TissueView, alpha: float = IMAGE_ALPHA) -> None:
     if view.image is not None:
-        ax.imshow(view.image, alpha=IMAGE_ALPHA)
+        ax.imshow(_grey(view.image), cmap="gray", vmin=0, vmax=1, alpha=alpha)
     ax.set_xlim(view.xlim)
     ax.set_ylim(view.ylim)
     ax.set_aspect("equal")
@@ -110,8 +131,9 @@ def _draw_tissue(ax, view: TissueView) -> None:
 def _spots(ax, view: TissueView, **style) -> EllipseCollection:
     """Every spot as a circle of its true size (data units), added to ``ax``."""
     diameters = np.full(len(view.xy), 2 * view.radius)
+    style = {"linewidths": 0, **style}
     spots = EllipseCollection(diameters, diameters, np.zeros(len(view.xy)), units="xy", offsets=view.xy,
-                              offset_transform=ax.transData, linewidth=0, **style)
+                              offset_transform=ax.transData, **style)
     ax.add_collection(spots)
     return spots
 
@@ -151,15 +173,15 @@ def abundance_maps(abundance: pd.DataFrame, view: TissueView) -> bytes:
         spots = _spots(ax, view, cmap=ABUNDANCE_COLOURMAP)
         spots.set_array(values)
         spots.set_clim(0, colour_scale_limit(values))
-        fig.colorbar(spots, ax=ax, shrink=0.8)
-        ax.set_title(_plain(cell_type), fontsize="medium")
+        fig.colorbar(spots, ax=ax, shrink=0.8).ax.tick_params(labelsize="large")
+        ax.set_title(_plain(cell_type), fontsize="x-large")
     for ax in axes.flat[n_types:]:
         ax.set_axis_off()
     return _png(fig)
 
 
 def category_colours(categories) -> dict[str, tuple]:
-    """A colour per category, in order (the palette repeats after 60 categories)."""
+    """A colour per category, in order (the palette repeats after its 38 colours)."""
     return {name: CATEGORY_COLOURS[index % len(CATEGORY_COLOURS)] for index, name in enumerate(categories)}
 
 
@@ -182,10 +204,84 @@ def dominant_type_map(dominant: pd.Series, cell_types, view: TissueView) -> byte
     legend_width = 2.5 * (1 + len(present) // 25)
     fig, ax = plt.subplots(figsize=(width + legend_width, height), layout="constrained")
     _draw_tissue(ax, view)
-    _spots(ax, view, facecolors=[colours[name] for name in dominant])
+    _spots(ax, view, facecolors=[colours[name] for name in dominant], **SPOT_EDGE)
     handles = [Patch(color=colours[name], label=_plain(f"{name} ({counts[name]})")) for name in present]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small",
               title="dominant type (spots)", ncols=1 + len(handles) // 25)
+    return _png(fig)
+
+
+def overlay_types(abundance: pd.DataFrame, n: int = OVERLAY_TYPES) -> list[str]:
+    """The ``n`` cell types with the most cells in all spots, most first."""
+    return abundance.sum().nlargest(n).index.tolist()
+
+
+def overlay_map(abundance: pd.DataFrame, view: TissueView, cell_types: list[str]) -> bytes:
+    """Several cell types on one map, as cell2location's ``plot_spatial``: each type in its colour, the colour's
+    intensity its abundance (0 up to its :data:`COLOUR_SCALE_QUANTILE` quantile), blended over the tissue.
+
+    A spot's colour is the mean of its types' colours weighted by their intensities raised to the power
+    :data:`OVERLAY_SHARPNESS` (so that the leading type's colour shows rather than a grey mix of all six), and its
+    opacity the largest intensity: a spot where one type stands out shows that type's colour, a spot shared by two
+    a mix of theirs, and an empty spot the tissue.
+
+    Parameters
+    ----------
+    abundance
+        Spots × cell types, rows in the order of ``view.xy``.
+    view
+        Where the spots lie (:func:`tissue_view`).
+    cell_types
+        The types to show (at most ``len(OVERLAY_COLOURS)``), e.g. :func:`overlay_types`.
+    """
+    colours = np.array([plt.matplotlib.colors.to_rgb(colour) for colour in OVERLAY_COLOURS[: len(cell_types)]])
+    intensity = np.column_stack([
+        np.clip(abundance[name].to_numpy(dtype=float) / colour_scale_limit(abundance[name]), 0, 1)
+        for name in cell_types
+    ])
+    weights = intensity ** OVERLAY_SHARPNESS
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    rgba = np.column_stack([weights @ colours, intensity.max(axis=1)])
+    width, height = view.panel_size(7)
+    # on a dark background, as the package draws it: the colours' intensities read as brightness
+    with plt.style.context("dark_background"):
+        fig, ax = plt.subplots(figsize=(width + 3.2, height), layout="constrained")
+        _draw_tissue(ax, view, OVERLAY_IMAGE_ALPHA)
+        _spots(ax, view, facecolors=rgba)
+        handles = [Patch(color=colour, label=_plain(name)) for name, colour in zip(cell_types, colours)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="medium",
+                  title="cell type (colour intensity:\nits cells per spot)")
+        return _png(fig)
+
+
+def spot_qc_maps(adata, view: TissueView) -> bytes:
+    """Three maps of the slide, as cell2location's ``plot_spatial_QC_across_batches``: UMIs per spot, total
+    estimated cells (``obs['total_cell_abundance']``) and detection sensitivity (``obs['detection_sensitivity']``,
+    the posterior mean of y_s)."""
+    umis = np.asarray(adata.X.sum(axis=1), dtype=float).ravel()
+    cells = adata.obs["total_cell_abundance"].to_numpy(dtype=float)
+    detection = adata.obs["detection_sensitivity"].to_numpy(dtype=float)
+    panels = [
+        (umis, f"UMIs per spot\n(scale: 0 to {UMI_SCALE_QUANTILE:.0%} quantile)", (0.0, umi_colour_cap(umis))),
+        (cells, "total cells per spot\n(scale: 0 to 99.2% quantile)", (0.0, colour_scale_limit(cells))),
+        # detection varies around its slide's mean: the scale spans its spots' range, not from 0
+        (detection, "detection sensitivity y_s\n(scale: 0.8% to 99.2% quantile)",
+         tuple(np.quantile(detection, [1 - COLOUR_SCALE_QUANTILE, COLOUR_SCALE_QUANTILE]))),
+    ]
+    width, height = view.panel_size(PANEL_INCHES)
+    # wide enough for the titles, however narrow the tissue
+    panel_width = max(width * (1 + COLOUR_BAR_SHARE), 0.8 * PANEL_INCHES * (1 + COLOUR_BAR_SHARE))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * panel_width, height + 0.6), squeeze=False, layout="constrained")
+    for ax, (values, title, (low, high)) in zip(axes.flat, panels):
+        _draw_tissue(ax, view)
+        spots = _spots(ax, view, cmap="viridis")
+        spots.set_array(values)
+        spots.set_clim(low, high if high > low else low + 1)
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
+        colour_bar = fig.colorbar(spots, ax=ax, shrink=0.8,
+                                  extend=extend[bool(values.min() < low), bool(values.max() > high)])
+        colour_bar.ax.tick_params(labelsize="large")
+        ax.set_title(title, fontsize="large")
     return _png(fig)
 
 

@@ -106,6 +106,11 @@ def _environment():
     )
 
 
+def converged_text(converged: bool | None) -> str:
+    """A training history's ``converged`` in words (a history written before the judgement existed has none)."""
+    return {True: "yes", False: "no: train longer", None: "not judged"}[converged]
+
+
 def render_page(template: str, path: str | os.PathLike, title: str, **context) -> Path:
     """Render the template ``template`` (in ``tissuemap/report/templates``) into the file ``path``.
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tissuemap.convergence import notice
 from tissuemap.log import logger
 from tissuemap.report.html import (
     Table,
+    converged_text,
     format_number,
     format_percent,
     image_from_file,
@@ -103,6 +105,7 @@ def write_reference_report(input_dir: str | os.PathLike, outdir: str | os.PathLi
         ("signature method", str(history["method"])),
         ("training epochs", format_number(history.get("epochs"))),
         ("final loss (-ELBO)", format_number(float(elbo[-1]), 6) if elbo else "–"),
+        ("loss levelled off", converged_text(history.get("converged")) if elbo else "–"),
         ("device", str(history.get("device", "–"))),
         ("training time (s)", format_number(history.get("training_seconds"))),
     ]
@@ -126,6 +129,7 @@ def write_reference_report(input_dir: str | os.PathLike, outdir: str | os.PathLi
             staging / f"{PREFIX}.report.html",
             title="tissuemap report: reference",
             sections=SECTIONS,
+            notices=[text for text in [notice(history.get("convergence"), "The signature regression")] if text],
             overview=overview,
             filter_numbers=filter_numbers,
             filter_plot=image_from_file(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tissuemap.convergence import notice
 from tissuemap.log import logger
 from tissuemap.report.html import (
     Image,
     Table,
+    converged_text,
     format_number,
     format_percent,
     image_from_file,
@@ -50,6 +52,7 @@ SECTIONS = [
     ("qc", "Spot QC"),
     ("mapping", "Mapping QC"),
     ("abundance", "Cell abundance"),
+    ("overlay", "Cell types overlaid"),
     ("dominant", "Dominant cell type"),
     ("proportions", "Proportions"),
     ("parameters", "Parameters and versions"),
@@ -95,6 +98,7 @@ def mapping_rows(history: dict) -> list[tuple[str, str]]:
         ("genes shared with the signatures", format_number(history["n_genes"])),
         ("samples fitted together", ", ".join(history["samples_fitted_together"])),
         ("training steps", format_number(history["steps"])),
+        ("loss levelled off", converged_text(history.get("converged"))),
         ("final loss (-ELBO)", format_number(float(history["loss"][-1]), 6)),
         ("device", str(history["device"])),
         ("training time (s)", format_number(history["seconds"]["training"])),
@@ -164,6 +168,7 @@ def write_sample_report(sample: str, input_dir: str | os.PathLike, outdir: str |
     abundance = abundance_table(adata)
     proportions = cell_type_proportions(abundance)
     view = figures.tissue_view(adata, sample)
+    overlay = figures.overlay_types(abundance)
     logger.info("%s: drawing %d cell types over %d spots", sample, abundance.shape[1], abundance.shape[0])
     totals = abundance.sum(axis=1)
     overview = [
@@ -180,6 +185,21 @@ def write_sample_report(sample: str, input_dir: str | os.PathLike, outdir: str |
             f"Estimated number of cells ({ABUNDANCE_STAT} of the posterior: at least this many, with 95% "
             f"probability) of every cell type in every spot. Each panel's colour scale ends at the "
             f"{100 * figures.COLOUR_SCALE_QUANTILE:g}% quantile of its values.",
+        ),
+        "overlay": Image(
+            f"The {len(overlay)} most abundant cell types together",
+            png_data_uri(figures.overlay_map(abundance, view, overlay)),
+            f"As cell2location's plot_spatial: the {len(overlay)} cell types with the most cells ({ABUNDANCE_STAT}), "
+            f"each in its colour, whose intensity is the type's cells per spot (from 0 to the "
+            f"{100 * figures.COLOUR_SCALE_QUANTILE:g}% quantile of its values); a spot shared by several types shows "
+            "a mix of their colours, an empty one the tissue (in grey).",
+        ),
+        "spot_qc": Image(
+            "Counts, cells and detection over the tissue",
+            png_data_uri(figures.spot_qc_maps(adata, view)),
+            "As cell2location's plot_spatial_QC_across_batches, for this slide: UMIs per spot, the estimated total "
+            "cells per spot and the detection sensitivity y_s. Cells should follow the tissue's structure; detection "
+            "should vary smoothly, without the structure of the cells.",
         ),
         "dominant": Image(
             "Dominant cell type per spot",
@@ -199,6 +219,7 @@ def write_sample_report(sample: str, input_dir: str | os.PathLike, outdir: str |
             staging / f"{sample}.report.html",
             title=f"tissuemap report: {sample}",
             sections=SECTIONS,
+            notices=[text for text in [notice(history.get("convergence"), "Mapping")] if text],
             overview=overview,
             qc=qc_rows(qc),
             qc_plots=step_plots(input_dir, sample, "qc"),

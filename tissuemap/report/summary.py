@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tissuemap.convergence import notice
 from tissuemap.errors import InputError
 from tissuemap.log import counted, logger
 from tissuemap.report.html import (
@@ -110,10 +111,23 @@ def _sample_row(name: str, files: SampleFiles, report_link: str):
     return [(report_link.format(sample=name), name), *cells.values()], mean_proportions
 
 
+def training_notices(input_dir: Path, found: dict[str, SampleFiles]) -> list[str]:
+    """Notices of training that had not levelled off: the signature regression's (its history anywhere under
+    ``input_dir``) and each sample's mapping (its history beside its ``.abundance.h5ad``)."""
+    histories = [(path, "The signature regression")
+                 for path in sorted(input_dir.rglob("reference.signatures_history.json"))
+                 if not any(part.startswith(".") for part in path.relative_to(input_dir).parts)]
+    histories += [(files.abundance.with_name(f"{name}.mapping_history.json"), f"The mapping of {name}")
+                  for name, files in found.items() if files.abundance is not None]
+    texts = [notice(read_json(path).get("convergence"), what) for path, what in histories if path.is_file()]
+    return [text for text in texts if text]
+
+
 def write_summary(input_dir: str | os.PathLike, outdir: str | os.PathLike,
                   report_link: str = DEFAULT_REPORT_LINK, samples: Sequence[str] | None = None) -> Path:
-    """Write ``outdir/summary.html``: a row per sample found under ``input_dir`` and a heat map of the mean
-    cell-type proportions of every mapped sample.
+    """Write ``outdir/summary.html``: a row per sample found under ``input_dir``, a heat map of the mean
+    cell-type proportions of every mapped sample, and a notice of any training that had not levelled off
+    (:func:`training_notices`).
 
     Parameters
     ----------
@@ -174,6 +188,6 @@ def write_summary(input_dir: str | os.PathLike, outdir: str | os.PathLike,
     outdir = Path(outdir)
     with staged_outputs(outdir) as staging:
         render_page("summary.html.j2", staging / "summary.html", title="tissuemap summary", sections=SECTIONS,
-                    samples=table, composition=composition)
+                    samples=table, composition=composition, notices=training_notices(Path(input_dir), found))
     logger.info("wrote %s", outdir / "summary.html")
     return outdir / "summary.html"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from tissuemap import __version__
 from tissuemap.log import logger
 from tissuemap.outputs import staged_outputs
+from tissuemap.progress import Progress
 from tissuemap.simulation.genes import gene_table
 from tissuemap.simulation.image import HIRES_SIZE, LOWRES_SIZE, slide_image, tissue_picture
 from tissuemap.simulation.layout import capture_area, tissue_section
@@ -65,11 +65,13 @@ def simulate_dataset(params: SimulationParameters, outdir: str | os.PathLike) ->
     with staged_outputs(outdir) as staging:
         truth = staging / "truth"
         truth.mkdir()
-        sample_rows = [
-            simulate_sample(staging, name, SPACERANGER_VERSIONS[index % len(SPACERANGER_VERSIONS)], area, zones,
-                            cell_types, profiles, platform, genes, params, rng)
-            for index, name in enumerate(tqdm(sample_names(params.n_samples), desc="samples", unit="sample"))
-        ]
+        names = sample_names(params.n_samples)
+        sample_rows = []
+        with Progress(len(names), "simulated samples", "sample") as progress:
+            for index, name in enumerate(names):
+                sample_rows.append(simulate_sample(staging, name, SPACERANGER_VERSIONS[index % len(SPACERANGER_VERSIONS)],
+                                                   area, zones, cell_types, profiles, platform, genes, params, rng))
+                progress.update(index + 1)
 
         profiles.to_csv(truth / "profiles.csv")
         pd.DataFrame({"platform_effect": platform}, index=genes.index).to_csv(truth / "platform_effect.csv")
