@@ -287,7 +287,7 @@ def test_training_steps_are_the_packages_pyro_adam(simulated):
 
 
 def test_the_tests_long_fit_levelled_off(simulated):
-    history = json.loads((simulated / "map" / "sample1.mapping_history.json").read_text())
+    history = json.loads((simulated / "map" / "sample1" / "sample1.mapping_history.json").read_text())
     assert history["converged"] is True, history["convergence"]
 
 
@@ -304,7 +304,7 @@ def test_a_short_fit_logs_plain_progress_and_says_it_has_not_converged(simulated
     assert progress and "mapping: 300/300 steps (100%)" in progress[-1] and "loss" in progress[-1]
     assert "mapping has not converged: the loss was still falling at the last step: train longer, e.g. " \
            "--max-epochs 900 (--mapping-epochs 900 in tissuemap run)" in done.stderr
-    history = json.loads((tmp_path / "sample1.mapping_history.json").read_text())
+    history = json.loads((tmp_path / "sample1" / "sample1.mapping_history.json").read_text())
     assert history["converged"] is False
     assert history["convergence"]["relative_tail_fall"] > 0.01
 

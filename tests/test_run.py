@@ -258,7 +258,7 @@ def test_rerun_reuses_finished_steps_and_force_runs_them_again(real_data, result
     assert step_status(rerun) == dict.fromkeys(everything, "reused")
     assert "breast: mapping: reused" in output
     # stderr is not a terminal here, as in a log file: plain progress lines, no redrawn bar
-    assert "\r" not in output and "tissuemap run: 4/4 steps (100%)" in output
+    assert "\r" not in output and "tissuemap run: 5/5 steps (100%)" in output
     assert file_stats(rerun) == first
 
     # another mapping option: the mapping and what reads it run again, QC is reused
@@ -295,11 +295,11 @@ def test_a_failed_step_leaves_no_partial_outputs(real_data, tmp_path):
 
 
 def one_sample_run(real_data, results, tmp_path, outdir):
-    """`tissuemap run` arguments: one sample, the signatures of ``results``, 60 mapping steps."""
+    """`tissuemap run` arguments: one sample, the signatures of ``results``, 300 mapping steps."""
     sheet = tmp_path / "samplesheet.csv"
     sheet.write_text(f"sample,spaceranger_dir\nbreast,{real_data / 'visium' / 'breast_crop'}\n")
     return ["run", "--input", str(sheet), "--signatures", str(results / "reference" / "signatures.csv"),
-            "--n-cells-per-location", "30", "--mapping-epochs", "60", "--device", "cpu", "--outdir", str(outdir)]
+            "--n-cells-per-location", "30", "--mapping-epochs", "300", "--device", "cpu", "--outdir", str(outdir)]
 
 
 def run_in_subprocess(command, log, until=None):
@@ -327,8 +327,8 @@ def test_an_interrupted_run_continues_its_training_step_from_the_checkpoint(real
     own on one thread: the same thread count, as bitwise equality needs)."""
     outdir = tmp_path / "results"
     command = one_sample_run(real_data, results, tmp_path, outdir)
-    # the mapping's progress bar ("mapping:   0%|...") shows once training has begun
-    returncode, log = run_in_subprocess(command, tmp_path / "interrupted.log", until=r"[\r\n]mapping: +\d+%")
+    # the mapping's first progress line ("mapping: 30/300 steps (10%), ...") shows once training has begun
+    returncode, log = run_in_subprocess(command, tmp_path / "interrupted.log", until=r"mapping: [\d,]+/[\d,]+ steps")
     assert returncode == EXIT_INTERRUPTED, log[-2000:]
     assert "step breast: mapping: SIGTERM: training stopped after " in log
     checkpoint = outdir / ".checkpoints" / "map-breast" / ".breast.map.ckpt.pt"

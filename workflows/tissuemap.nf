@@ -114,6 +114,9 @@ workflow TISSUEMAP {
     TISSUEMAP_REPORTSUMMARY(
         TISSUEMAP_QC.out.json.map { _meta, json -> json }.toSortedList { a, b -> a.name <=> b.name },
         TISSUEMAP_MAP.out.h5ad.flatMap { _meta, h5ad -> [h5ad].flatten() }.toSortedList { a, b -> a.name <=> b.name },
+        TISSUEMAP_MAP.out.history.flatMap { _meta, json -> [json].flatten() }
+            .mix(TISSUEMAP_SIGNATURES.out.history.map { _meta, json -> json })
+            .toSortedList { a, b -> a.name <=> b.name },
     )
     ch_versions = ch_versions.mix(
         TISSUEMAP_REPORTSAMPLE.out.versions.first(),

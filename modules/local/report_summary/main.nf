@@ -6,6 +6,9 @@ process TISSUEMAP_REPORTSUMMARY {
     // every sample's NAME.qc.json and NAME.abundance.h5ad
     path qc_json, stageAs: 'input/*'
     path abundance, stageAs: 'input/*'
+    // the training histories (NAME.mapping_history.json, reference.signatures_history.json when learnt): the
+    // summary says which fit had not levelled off
+    path histories, stageAs: 'input/*'
 
     output:
     path "summary.html", emit: html
