@@ -5,12 +5,34 @@ from pathlib import Path
 import pytest
 
 REAL_DATA = Path(__file__).resolve().parent / "data" / "real"
+MODULES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "modules.config"
 
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """Folder of the small real Visium samples (visium/) and annotated references (reference/)."""
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def config_blocks():
+    """A function: the text of every withName block of conf/modules.config whose selector matches a process name."""
+    import re
+
+    config = MODULES_CONFIG.read_text()
+
+    def blocks_of(process: str) -> list[str]:
+        blocks = []
+        for match in re.finditer(r"withName:\s*'([^']+)'\s*\{", config):
+            depth, end = 1, match.end()
+            while depth:
+                depth += {"{": 1, "}": -1}.get(config[end], 0)
+                end += 1
+            if re.fullmatch(match.group(1), process):
+                blocks.append(config[match.end():end])
+        return blocks
+
+    return blocks_of
 
 
 @pytest.fixture(scope="module")

@@ -72,20 +72,6 @@ def click_command(words: tuple[str, ...]) -> click.Command:
     return command
 
 
-def module_ext_args_options(process: str) -> list[str]:
-    """The options in every withName block of conf/modules.config that selects ``process`` (its ext.args)."""
-    config = (ROOT / "conf" / "modules.config").read_text()
-    options = []
-    for match in re.finditer(r"withName:\s*'([^']+)'\s*\{", config):
-        depth, end = 1, match.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(config[end], 0)
-            end += 1
-        if re.fullmatch(match.group(1), process):
-            options += OPTION.findall(config[match.end():end])
-    return options
-
-
 def placeholder_value(command: click.Command, option: str, scratch: Path) -> list[str]:
     """A value the option accepts (an existing file for a path that must exist...), or none for a flag."""
     param = next((p for p in command.params if option in p.opts), None)
@@ -149,7 +135,7 @@ def test_every_step_has_a_module():
 
 
 @pytest.mark.parametrize("module", MODULES, ids=[module.parent.name for module in MODULES])
-def test_module_command_line_is_accepted_by_the_cli(module, tmp_path):
+def test_module_command_line_is_accepted_by_the_cli(module, config_blocks, tmp_path):
     text = module.read_text()
     lines = tissuemap_command_lines(module)
     if module.parent.name == "multiqc":
@@ -158,7 +144,7 @@ def test_module_command_line_is_accepted_by_the_cli(module, tmp_path):
     assert len(lines) == 1, f"{module}: expected one tissuemap step per module, found {lines}"
     # options written in the module's Groovy (per-sample values from the meta map) and in conf/modules.config
     groovy_options = OPTION.findall(INTERPOLATION.sub(" ", script_block(text).split('"""')[0]))
-    extra = groovy_options + module_ext_args_options(process_name(text))
+    extra = groovy_options + [option for block in config_blocks(process_name(text)) for option in OPTION.findall(block)]
     check_command_line(lines[0], extra, tmp_path)
 
 

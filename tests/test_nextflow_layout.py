@@ -32,21 +32,7 @@ def module_text(name: str) -> str:
     return (ROOT / "modules" / "local" / name / "main.nf").read_text()
 
 
-def config_blocks(process: str) -> list[str]:
-    """The text of every withName block of conf/modules.config whose selector matches ``process``."""
-    config = (ROOT / "conf" / "modules.config").read_text()
-    blocks = []
-    for match in re.finditer(r"withName:\s*'([^']+)'\s*\{", config):
-        depth, end = 1, match.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(config[end], 0)
-            end += 1
-        if re.fullmatch(match.group(1), process):
-            blocks.append(config[match.end():end])
-    return blocks
-
-
-def plan_options(params: dict) -> list[str]:
+def plan_options(config_blocks, params: dict) -> list[str]:
     """The options conf/modules.config gives `tissuemap plan`: each "--option ${params.NAME}" whose param is set."""
     options = []
     block = "".join(config_blocks("TISSUEMAP_PLAN"))
@@ -56,7 +42,7 @@ def plan_options(params: dict) -> list[str]:
     return options
 
 
-def publish_folder(process: str, meta_id: str | None) -> str:
+def publish_folder(config_blocks, process: str, meta_id: str | None) -> str:
     """Where publishDir puts the process's files, relative to --outdir ('' for --outdir itself)."""
     (path,) = [match.group(1) for block in config_blocks(process)
                for match in [re.search(r"path:\s*\{\s*(.*?)\s*\},?\s*$", block, re.MULTILINE)] if match]
@@ -81,7 +67,7 @@ def stub_outputs(process_module: str, meta: dict, scratch: Path) -> list[str]:
     return sorted({str(path.relative_to(scratch)) for pattern in globs for path in scratch.glob(pattern)})
 
 
-def pipeline_layout(plan_rows: list[dict], scratch: Path) -> set[str]:
+def pipeline_layout(config_blocks, plan_rows: list[dict], scratch: Path) -> set[str]:
     """The files the pipeline publishes (stub run), for the samples and groups of ``plan_rows``."""
     samples = [row["sample"] for row in plan_rows]
     groups: dict[str, list[str]] = {}
@@ -95,9 +81,9 @@ def pipeline_layout(plan_rows: list[dict], scratch: Path) -> set[str]:
     tasks += [("TISSUEMAP_REPORTSAMPLE", "report_sample", {"id": name}) for name in samples]
     tasks += [("TISSUEMAP_REPORTSUMMARY", "report_summary", {})]
     published = {"pipeline_info/mapping_plan.csv"}  # TISSUEMAP_PLAN's, checked apart
-    assert publish_folder("TISSUEMAP_PLAN", None) == "pipeline_info"
+    assert publish_folder(config_blocks, "TISSUEMAP_PLAN", None) == "pipeline_info"
     for index, (process, module, meta) in enumerate(tasks):
-        folder = publish_folder(process, meta.get("id"))
+        folder = publish_folder(config_blocks, process, meta.get("id"))
         for name in stub_outputs(module, meta, scratch / str(index)):
             published.add(f"{folder}/{name}" if folder else name)
     return published
@@ -132,10 +118,10 @@ def run_results(real_data, samplesheet):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pipeline_fits_the_same_groups_and_publishes_the_same_files_as_run(mode, samplesheet, run_results,
-                                                                           tmp_path):
+                                                                           config_blocks, tmp_path):
     params = {**PARAMS, "mapping_mode": mode}
     # the pipeline's plan: `tissuemap plan` with conf/modules.config's options, as TISSUEMAP_PLAN runs it
-    result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(params),
+    result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(config_blocks, params),
                                        "--outdir", str(tmp_path / "plan")])
     assert result.exit_code == 0, result.output
     plan_rows = read_plan_rows(tmp_path / "plan" / "mapping_plan.csv")
@@ -156,7 +142,8 @@ def test_pipeline_fits_the_same_groups_and_publishes_the_same_files_as_run(mode,
     assert run_plan.args[run_plan.args.index("--mapping-mode") + 1] == mode
 
     # the layout: every file the pipeline publishes is one `tissuemap run` writes, and the other way round
-    published = {name for name in pipeline_layout(plan_rows, tmp_path / "stub") if not PIPELINE_ONLY.match(name)}
+    published = {name for name in pipeline_layout(config_blocks, plan_rows, tmp_path / "stub")
+                 if not PIPELINE_ONLY.match(name)}
     written = {str(path.relative_to(run_results)) for path in run_results.rglob("*")
                if path.is_file() and not RUNNER_ONLY.match(str(path.relative_to(run_results)))}
     assert published == written
@@ -164,10 +151,10 @@ def test_pipeline_fits_the_same_groups_and_publishes_the_same_files_as_run(mode,
     assert {step.args[step.args.index("--outdir") + 1] for step in map_steps} == {str(run_results)}
 
 
-def test_both_engines_read_the_same_plan(samplesheet, run_results, tmp_path):
+def test_both_engines_read_the_same_plan(samplesheet, run_results, config_blocks, tmp_path):
     """The run's plan (slide mode) is the file the pipeline's plan task writes with the same options."""
     params = {**PARAMS, "mapping_mode": "slide"}
-    result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(params),
+    result = CliRunner().invoke(main, ["plan", "--input", str(samplesheet), *plan_options(config_blocks, params),
                                        "--outdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mapping_plan.csv").read_text() == (run_results / "pipeline_info" / "mapping_plan.csv").read_text()
