@@ -4,8 +4,10 @@ process TISSUEMAP_MAP {
     label 'process_gpu'
 
     input:
-    // meta: id (the group of tissuemap plan: a sample, 'slide-SLIDE' or 'joint') and samples (its samples' names)
-    tuple val(meta), path(spatial, stageAs: 'spatial/*')
+    // meta: id (the group of tissuemap plan: a sample, 'slide-SLIDE' or 'joint'), samples (its samples' names) and
+    // cell_counts_samples (those with a samplesheet cell_counts file, in the order of cell_counts; each file in a
+    // numbered folder, as two samples' files may share a name)
+    tuple val(meta), path(spatial, stageAs: 'spatial/*'), path(cell_counts, stageAs: 'cell_counts/?/*')
     path signatures, stageAs: 'signatures/*'
     // mapping_plan.csv: each sample's cells per spot, detection alpha and slide
     path plan, stageAs: 'plan/*'
@@ -22,11 +24,17 @@ process TISSUEMAP_MAP {
 
     script:
     def args = task.ext.args ?: ''
+    // one staged file is a path, several a list of them (a path iterates over its name's parts: wrap it)
+    def counts_files = cell_counts instanceof java.nio.file.Path ? [cell_counts] : cell_counts.collect { f -> f }
+    def cell_counts_args = [meta.cell_counts_samples, counts_files].transpose()
+        .collect { name, file -> "--cell-counts ${name}=${file}" }
+        .join(' ')
     """
     tissuemap-map \\
         --spatial ${spatial} \\
         --signatures ${signatures} \\
         --plan ${plan} \\
+        ${cell_counts_args} \\
         --threads ${task.cpus} \\
         ${args} \\
         --outdir .
