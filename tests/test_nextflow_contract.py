@@ -36,6 +36,7 @@ PARAMETER_DEFAULTS_FROM_CLI = {
     "early_stopping": (("map",), "early_stopping"),
     "early_stopping_tolerance": (("map",), "early_stopping_tolerance"),
     "early_stopping_window": (("map",), "early_stopping_window"),
+    "spatialdata": (("map",), "spatialdata"),
     "min_shared_genes": (("map",), "min_shared_genes"),
     "seed": (("map",), "seed"),
 }

@@ -924,13 +924,14 @@ def history_record(result: MappingResult, name: str) -> dict:
     }
 
 
-def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> None:
+def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike, spatialdata: bool = False) -> None:
     """Write, per sample into its own folder ``OUTDIR/NAME/`` (the layout of a run's results), via a staging folder
     (all files of all samples or none):
 
     ``NAME.abundance.h5ad`` (:func:`export_mapping`), ``NAME.cell_abundance_q05.csv`` and
     ``NAME.cell_abundance_mean.csv`` (barcodes × cell types), ``NAME.mapping_history.json`` (:func:`history_record`),
-    and the QC figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
+    with ``spatialdata`` the SpatialData store ``NAME.zarr`` (:mod:`tissuemap.io.spatialdata_export`), and the QC
+    figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
     ``NAME.mapping_cells_vs_counts.png`` and ``NAME.cell_abundance_spatial.png``; then deletes the fit's checkpoint.
     """
     from tissuemap.outputs import staged_outputs
@@ -945,6 +946,10 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
             staging = staged / name
             staging.mkdir()
             adata.write_h5ad(staging / f"{name}.abundance.h5ad", compression="gzip")
+            if spatialdata:
+                from tissuemap.io.spatialdata_export import write_spatialdata
+
+                write_spatialdata(adata, name, staging / f"{name}.zarr")
             for k, label in (("q05", "q05"), ("means", "mean")):
                 table = adata.obsm[f"{k}_cell_abundance_w_sf"].copy()
                 table.columns = setup.cell_types

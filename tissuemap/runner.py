@@ -96,6 +96,7 @@ class RunOptions:
     early_stopping_window: int | None = None
     lr: float | None = None
     min_shared_genes: int | None = None
+    spatialdata: bool = False
     mapping_mode: str = "per-sample"
     device: str | None = None
     seed: int | None = None
@@ -125,6 +126,7 @@ PASSED_OPTIONS: dict[str, dict[str, str]] = {
         "--max-epochs": "mapping_epochs", "--lr": "lr", "--min-shared-genes": "min_shared_genes", "--device": "device",
         "--seed": "seed", "--threads": "threads", "--early-stopping": "early_stopping",
         "--early-stopping-tolerance": "early_stopping_tolerance", "--early-stopping-window": "early_stopping_window",
+        "--spatialdata": "spatialdata",
     },
 }
 
@@ -246,6 +248,10 @@ def check_inputs(samples: list[Sample], options: RunOptions) -> None:
     ``--layer``), and the signatures table. The steps' own checks, made on what can be read in a moment."""
     from tissuemap.io.spatial import check_spatial_input
 
+    if options.spatialdata:
+        from tissuemap.io.spatialdata_export import require_spatialdata
+
+        require_spatialdata()
     for sample in samples:
         check_spatial_input(sample.path)
         if sample.cell_counts is not None:

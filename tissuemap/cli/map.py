@@ -53,6 +53,9 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               "NAME.abundance.h5ad.")
 @click.option("--min-shared-genes", default=MAPPING_MIN_SHARED_GENES, show_default=True, type=click.IntRange(min=1),
               help="Fewest genes the samples and the signatures must share.")
+@click.option("--spatialdata", is_flag=True, default=False,
+              help="Also write NAME/NAME.zarr, a SpatialData store: the abundance table, the H&E images and the spots "
+              "as circles, in full-resolution pixels (needs pip install 'tissuemap[spatialdata]').")
 @threads_option
 @checkpoint_options(1000, "steps", ".NAME.map.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
@@ -73,6 +76,7 @@ def map_command(
     seed: int,
     expected_expression: bool,
     min_shared_genes: int,
+    spatialdata: bool,
     threads: int | None,
     checkpoint_every: int,
     resume: bool,
@@ -81,7 +85,8 @@ def map_command(
     """Estimate how many cells of each reference type are in every spot (cell2location model, Pyro).
 
     Writes per sample, into OUTDIR/NAME/: NAME.abundance.h5ad (obsm['q05_cell_abundance_w_sf'] etc., uns['mod']),
-    NAME.cell_abundance_q05.csv, NAME.cell_abundance_mean.csv, NAME.mapping_history.json and QC figures.
+    NAME.cell_abundance_q05.csv, NAME.cell_abundance_mean.csv, NAME.mapping_history.json and QC figures (and
+    NAME.zarr with --spatialdata).
     """
     from tissuemap.cell_counts import parse_cell_counts_options
     from tissuemap.early_stopping import EarlyStopping
@@ -91,6 +96,10 @@ def map_command(
     from tissuemap.threads import resolve_threads
 
     cell_counts_files = parse_cell_counts_options(cell_counts)
+    if spatialdata:
+        from tissuemap.io.spatialdata_export import require_spatialdata
+
+        require_spatialdata()
     prepare_outdir(outdir)  # an unwritable folder is an error now, not after hours of training
     result = map_samples(
         [*spatial, *more_spatial], signatures_path, n_cells_per_location=n_cells_per_location,
@@ -100,4 +109,4 @@ def map_command(
         early_stopping=EarlyStopping(early_stopping_tolerance, early_stopping_window) if early_stopping else None,
         cell_counts=cell_counts_files,
     )
-    write_mapping_outputs(result, outdir)
+    write_mapping_outputs(result, outdir, spatialdata=spatialdata)

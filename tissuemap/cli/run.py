@@ -65,6 +65,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--min-shared-genes", type=click.IntRange(min=1), default=defaults.MAPPING_MIN_SHARED_GENES,
               show_default=True,
               help="Mapping: fewest genes the samples and the signatures must share.")
+@click.option("--spatialdata", is_flag=True, default=False,
+              help="Mapping: also write each sample's NAME/NAME.zarr, a SpatialData store (needs pip install "
+                   "'tissuemap[spatialdata]').")
 @click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=MAPPING_MODES[0], show_default=True,
               help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
                    "'slide') together.")

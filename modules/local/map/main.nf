@@ -18,6 +18,8 @@ process TISSUEMAP_MAP {
     tuple val(meta), path("*/*.cell_abundance_*.csv"), emit: csv
     tuple val(meta), path("*/*.mapping_history.json"), emit: history
     tuple val(meta), path("*/*.png"), emit: png
+    // with --spatialdata (params.spatialdata): each sample's SpatialData store
+    tuple val(meta), path("*/*.zarr"), emit: zarr, optional: true
     tuple val("${task.process}"), val('tissuemap'), eval("tissuemap --version | sed 's/.* //'"), emit: versions
     // torch's build tells whether the fit could use a GPU (e.g. 2.5.1+cu124)
     tuple val("${task.process}"), val('torch'), eval("python3 -c 'import torch; print(torch.__version__)'"), emit: versions_torch
