@@ -91,7 +91,7 @@ def mapped(root: Path, args: argparse.Namespace, **options):
 
     started = time.perf_counter()
     result = map_samples(sorted((root / "qc").glob("*.qc.h5ad")), root / "data" / "truth" / "profiles.csv",
-                         max_epochs=args.steps, lr=args.lr, device="cpu", min_shared_genes=100, progress=False,
+                         max_epochs=args.steps, lr=args.lr, device="cpu", min_shared_genes=100, progress=True,
                          **options)
     return result, time.perf_counter() - started
 
