@@ -87,7 +87,7 @@ workflow TISSUEMAP {
         .map { meta, h5ad -> [meta.id, h5ad] }
         .join(ch_group_of)
         .join(ch_cell_counts)
-        .map { name, h5ad, group, cell_counts -> [group, h5ad, cell_counts ? [name, cell_counts] : []] }
+        .map { name, h5ad, group, cell_counts -> [group, h5ad, cell_counts instanceof java.nio.file.Path ? [name, cell_counts] : []] }
         .combine(ch_group_samples, by: 0)
         .map { group, h5ad, counts, names -> [groupKey(group, names.size()), h5ad, counts, names] }
         .groupTuple()

@@ -29,7 +29,10 @@ workflow PIPELINE_INITIALISATION {
     def samplesheet = file(input, checkIfExists: true)
     ch_samples = channel
         .fromList(samplesheetRows(samplesheet, "${projectDir}/assets/schema_input.json"))
-        .map { meta, spaceranger_dir, h5ad, cell_counts -> [meta, spaceranger_dir ?: h5ad, cell_counts ?: []] }
+        // an empty cell_counts is [] (or null): no file
+        .map { meta, spaceranger_dir, h5ad, cell_counts ->
+            [meta, spaceranger_dir ?: h5ad, cell_counts instanceof java.nio.file.Path ? cell_counts : []]
+        }
 
     // Both or neither are given: the first task, tissuemap plan, stops the run with the error of `tissuemap run`
     ch_reference = reference
