@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate")
     parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-4], help="early-stopping tolerances")
     parser.add_argument("--windows", type=int, nargs="+", default=[2000], help="early-stopping windows")
+    parser.add_argument("--skip-fixed", action="store_true",
+                        help="early-stopping: leave out the fixed-steps fit (measured already)")
     parser.add_argument("--workdir", type=Path, default=Path("bench_features_data"), help="simulations go here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     return parser.parse_args(argv)
@@ -101,9 +103,10 @@ def early_stopping_rows(seed: int, root: Path, args: argparse.Namespace) -> list
 
     n_cells = json.loads((root / "data" / "simulation.json").read_text())["parameters"]["n_cells_per_location"]
     rows = []
-    result, seconds = mapped(root, args, n_cells_per_location=n_cells)
-    rows.append({"seed": seed, "setting": f"fixed {args.steps} steps", "steps": result.fit.steps,
-                 "training_s": result.fit.seconds["training"], **accuracy(result, root)})
+    if not args.skip_fixed:
+        result, seconds = mapped(root, args, n_cells_per_location=n_cells)
+        rows.append({"seed": seed, "setting": f"fixed {args.steps} steps", "steps": result.fit.steps,
+                     "training_s": result.fit.seconds["training"], **accuracy(result, root)})
     for window in args.windows:
         for tolerance in args.tolerances:
             rule = EarlyStopping(tolerance, window)
