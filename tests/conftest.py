@@ -6,6 +6,7 @@ import pytest
 
 REAL_DATA = Path(__file__).resolve().parent / "data" / "real"
 MODULES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "modules.config"
+SIMULATED_DATA = Path(__file__).resolve().parent / "data" / "simulated"
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,26 @@ def small_reference_adata():
     obs = pd.DataFrame({"cell_type": [f"type{t}" for t in types], "batch": np.tile(["b1", "b2"], 30)},
                        index=[f"cell{i}" for i in range(60)])
     return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(30)]))
+
+
+@pytest.fixture(scope="module")
+def qc_samples(tmp_path_factory) -> Path:
+    """A folder with the bundled simulated samples through `tissuemap qc` (sample1.qc.h5ad, sample2.qc.h5ad: 60
+    spots each) and signatures.csv, the reference's mean counts per cell type: inputs of quick `tissuemap map`
+    runs."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from tissuemap.cli import main
+
+    root = tmp_path_factory.mktemp("qc_samples")
+    for sample in ("sample1", "sample2"):
+        result = CliRunner().invoke(main, ["qc", "--sample", sample, "--input",
+                                           str(SIMULATED_DATA / "samples" / sample / "outs"), "--outdir", str(root)])
+        assert result.exit_code == 0, result.output
+    reference = ad.read_h5ad(SIMULATED_DATA / "reference.h5ad")
+    counts = pd.DataFrame(np.asarray(reference.X.todense()), columns=reference.var_names)
+    counts.groupby(reference.obs["cell_type"].to_numpy()).mean().T.to_csv(root / "signatures.csv")
+    return root

@@ -183,7 +183,8 @@ def tiny_data():
         counts=counts,
         batch_index=torch.tensor([0] * 14 + [1] * 10),
         signatures=torch.rand(n_types, n_genes, generator=generator, dtype=torch.float64) + 0.05,
-        n_cells_per_location=torch.full((n_spots, 1), 8.0, dtype=torch.float64),
+        # every spot its own N̂ (cell counts from the image): the prior of n_s is per spot
+        n_cells_per_location=torch.linspace(0.5, 30.0, n_spots, dtype=torch.float64).reshape(-1, 1),
         detection_alpha=torch.full((n_spots, 1), 20.0, dtype=torch.float64),
         detection_mean=torch.tensor(0.05, dtype=torch.float64),
     )

@@ -33,6 +33,10 @@ PARAMETER_DEFAULTS_FROM_CLI = {
     "mapping_mode": (("plan",), "mapping_mode"),
     "detection_alpha": (("plan",), "detection_alpha"),
     "mapping_epochs": (("map",), "max_epochs"),
+    "early_stopping": (("map",), "early_stopping"),
+    "early_stopping_tolerance": (("map",), "early_stopping_tolerance"),
+    "early_stopping_window": (("map",), "early_stopping_window"),
+    "spatialdata": (("map",), "spatialdata"),
     "min_shared_genes": (("map",), "min_shared_genes"),
     "seed": (("map",), "seed"),
 }

@@ -28,6 +28,8 @@ NOT_FOR_RUN = {
     "--checkpoint-every": "its message answers a value given to a training step; the runner keeps the default",
     "--resume": "a training step's flag; `run` reuses finished steps instead",
     "--plan": "the map step's mapping plan: the runner writes it with `tissuemap plan` and passes it on",
+    "--cell-counts": "the map step's cell counts files: the runner passes the samplesheet's cell_counts column (checked "
+                     "before any step)",
 }
 
 

@@ -69,6 +69,15 @@ class SpatialSample:
     detection_alpha: float
     slide: str
     path: str
+    # N̂ of every spot from a cell counts file (tissuemap.cell_counts), None: every spot has n_cells_per_location
+    cell_counts: np.ndarray | None = None
+    cell_counts_path: str = ""
+
+    def spot_cells_prior(self) -> np.ndarray:
+        """N̂ of every spot: its count from the cell counts file, else the sample's ``n_cells_per_location``."""
+        if self.cell_counts is not None:
+            return self.cell_counts
+        return np.full(self.adata.n_obs, self.n_cells_per_location)
 
 
 def _positive(value, what: str, where: str) -> float:
@@ -310,13 +319,16 @@ def setup_mapping(
     counts = np.empty((sum(sample.adata.n_obs for sample in ordered), match.n_shared), dtype=np.float32)
     rows, sample_batch, start = {}, {}, 0
     n_cells, alpha, batch_index = (np.empty(len(counts), dtype=np.float32) for _ in range(3))
+    sample_n_cells = np.empty(len(counts), dtype=np.float64)
     for sample in ordered:
         end = start + sample.adata.n_obs
         block = sample.adata[:, match.spatial_names].X
         counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
         rows[sample.name] = slice(start, end)
         sample_batch[sample.name] = batch_names.index(sample.slide)
-        n_cells[start:end], alpha[start:end] = sample.n_cells_per_location, sample.detection_alpha
+        n_cells[start:end], alpha[start:end] = sample.spot_cells_prior(), sample.detection_alpha
+        # d̂ takes one N̂ per sample: with cell counts, their mean (a spot's count of 0 would dominate a mean of ratios)
+        sample_n_cells[start:end] = n_cells[start:end].mean(dtype=np.float64)
         batch_index[start:end] = sample_batch[sample.name]
         start = end
     batch_index = batch_index.astype(np.int64)
@@ -324,7 +336,7 @@ def setup_mapping(
     if (totals == 0).any():
         logger.warning("%d spots have no count on the shared genes; their detection sensitivity will be ~0",
                        int((totals == 0).sum()))
-    d_hat = detection_mean(totals, n_cells.astype(np.float64), batch_index, signature_matrix.astype(np.float64))
+    d_hat = detection_mean(totals, sample_n_cells, batch_index, signature_matrix.astype(np.float64))
 
     device = torch.device("cpu") if device is None else device
     data = MappingData(
@@ -364,6 +376,7 @@ class MappingFit:
     threads: int  # torch's CPU threads when the training loop started
     seconds: dict = field(default_factory=dict)
     convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
+    early_stopping: dict | None = None  # the rule and the step it stopped at (EarlyStopping.record); None: off
 
     @property
     def iterations_per_second(self) -> float:
@@ -388,8 +401,10 @@ def fit_mapping(
     checkpoint=None,
     threads: int | None = None,
     stop=None,
+    early_stopping=None,
 ) -> MappingFit:
-    """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam.
+    """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam (fewer with
+    ``early_stopping``).
 
     The optimiser is torch's Adam with its defaults, which is what the package trains with (scvi-tools'
     ``PyroTrainingPlan`` builds ``pyro.optim.Adam(lr)``, a torch Adam, whatever the package's docstrings say of
@@ -425,6 +440,10 @@ def fit_mapping(
     stop
         :class:`~tissuemap.interruption.StopRequest`, asked after every step: once a signal has set it, the state is
         saved to ``checkpoint`` and :class:`~tissuemap.interruption.TrainingInterrupted` raised.
+    early_stopping
+        :class:`~tissuemap.early_stopping.EarlyStopping`: asked every
+        :data:`~tissuemap.early_stopping.EARLY_STOPPING_EVERY` steps whether the loss has levelled off; training ends
+        there if so. ``None``: all steps.
 
     Raises
     ------
@@ -434,6 +453,7 @@ def fit_mapping(
     """
     import torch
 
+    from tissuemap.early_stopping import EARLY_STOPPING_EVERY
     from tissuemap.interruption import stop_training
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
     from tissuemap.progress import Progress
@@ -476,6 +496,7 @@ def fit_mapping(
     training_threads = torch.get_num_threads()
     started = time.perf_counter()
     checked = steps_done  # losses before this step are known to be finite
+    steps_run, stopped_at = max_epochs, None
     with Progress(max_epochs, "mapping", "step", enabled=progress, initial=steps_done) as bar:
         for step in range(steps_done, max_epochs):
             eps.normal_(generator=generator)
@@ -486,28 +507,44 @@ def fit_mapping(
                     raise InputError(_nan_message(first_bad))
                 checked = step + 1
                 bar.update(step + 1, f"loss {float(losses[step]) + objective.log_factorial_total:.4g}")
+            # at fixed steps, not when the progress is due: the same seed must stop at the same step
+            if early_stopping is not None and (step + 1) % EARLY_STOPPING_EVERY == 0 and step + 1 < max_epochs \
+                    and _levelled_off(early_stopping, losses, step + 1, objective.log_factorial_total):
+                steps_run = stopped_at = step + 1
+                break
             if checkpoint is not None and checkpoint.due(step + 1, max_epochs):
                 checkpoint.save(_training_state(step + 1, parameters, optimizer, generator, losses), checkpoint_key)
             if stop is not None and stop.signal_name is not None:
                 stop_training(stop, checkpoint,
                               lambda: _training_state(step + 1, parameters, optimizer, generator, losses),
                               checkpoint_key, step + 1, max_epochs, "steps")
+    if stopped_at is not None:
+        logger.info("early stopping at step %d of %d: the mean -ELBO of the last %d steps improved by less than %g "
+                    "(relative) on the %d before", stopped_at, max_epochs, early_stopping.window,
+                    early_stopping.tolerance, early_stopping.window)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     training_seconds = time.perf_counter() - started
-    loss = losses.double().cpu().numpy() + objective.log_factorial_total
+    loss = losses[:steps_run].double().cpu().numpy() + objective.log_factorial_total
     fit = MappingFit(
-        guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=max_epochs, lr=lr,
-        seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=max_epochs - steps_done,
+        guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=steps_run, lr=lr,
+        seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=steps_run - steps_done,
         threads=training_threads,
         seconds={"model_setup": setup_seconds, "training": training_seconds},
+        early_stopping=early_stopping.record(stopped_at, max_epochs) if early_stopping is not None else None,
     )
     logger.info("trained %d steps in %.1f s (%.1f it/s) on %s (compiled: %s, CUDA graph: %s); final -ELBO %.6g",
-                max_epochs, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
+                steps_run, setup_seconds + training_seconds, fit.iterations_per_second, fit.device, compiled,
                 use_graph, loss[-1])
     fit.convergence = judge_convergence(loss, "--max-epochs", "--mapping-epochs")
     log_convergence(fit.convergence, "mapping")
     return fit
+
+
+def _levelled_off(rule, losses, steps: int, log_factorial_total: float) -> bool:
+    """Ask the early-stopping rule about the losses so far (only the two windows it compares leave the device)."""
+    recent = losses[max(0, steps - 2 * rule.window): steps].double().cpu().numpy() + log_factorial_total
+    return rule.should_stop(recent)
 
 
 def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) -> str:
@@ -695,6 +732,7 @@ def _settings(setup: MappingSetup, fit: MappingFit, sample: SpatialSample) -> di
     return {
         "model_name": "cell2location (tissuemap, Pyro)",
         "n_cells_per_location": sample.n_cells_per_location,
+        "cell_counts": sample.cell_counts_path,
         "detection_alpha": sample.detection_alpha,
         "detection_mean": float(setup.data.detection_mean),
         "batch": sample.slide,
@@ -744,6 +782,7 @@ def export_mapping(
         means["u_sf"] = means["w_sf"] * scaled.sum(axis=1)
         adata.obs["detection_sensitivity"] = means["y_s"][:, 0]
         adata.obs["total_cell_abundance"] = means["w_sf"].sum(axis=1)
+        adata.obs["n_cells_prior"] = sample.spot_cells_prior()  # N̂ of every spot: the prior mean of its cells
         adata.uns["mod"] = {
             "factor_names": list(setup.cell_types),
             "var_names": list(setup.genes),
@@ -787,6 +826,8 @@ def map_samples(
     checkpoint_every: int = 0,
     resume: bool = False,
     threads: int | None = None,
+    early_stopping=None,
+    cell_counts: dict[str, str | os.PathLike] | None = None,
 ) -> MappingResult:
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
@@ -800,7 +841,11 @@ def map_samples(
     from it (:func:`fit_mapping`); :func:`write_mapping_outputs` deletes it.
 
     ``threads``: torch's CPU threads (and those of the libraries that start later), set now and again right before
-    training; ``None`` leaves them as they are.
+    training; ``None`` leaves them as they are. ``early_stopping``: an
+    :class:`~tissuemap.early_stopping.EarlyStopping` rule, or ``None`` for all ``max_epochs`` steps.
+
+    ``cell_counts``: sample name -> its cell counts file (:mod:`tissuemap.cell_counts`), whose counts replace N̂ for
+    the spots they list; the key ``""`` stands for the only sample mapped.
 
     Raises
     ------
@@ -823,6 +868,8 @@ def map_samples(
     samples = [read_spatial_sample(path, n_cells_per_location, detection_alpha, plan) for path in spatial_paths]
     if plan is not None:
         samples.sort(key=lambda sample: plan[sample.name]["order"])
+    if cell_counts:
+        attach_cell_counts(samples, cell_counts)
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
     setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
@@ -834,13 +881,32 @@ def map_samples(
         checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
     with stop_on_signals() as stop:
         fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, threads=threads,
-                          stop=stop)
+                          stop=stop, early_stopping=early_stopping)
     started = time.perf_counter()
     summaries = posterior_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)
     export_seconds = time.perf_counter() - started
     fit.seconds = {"read": read_seconds, "data_setup": setup.seconds, **fit.seconds, "export": export_seconds}
     return MappingResult(setup, fit, summaries, exported, checkpoint)
+
+
+def attach_cell_counts(samples: list[SpatialSample], files: dict[str, str | os.PathLike]) -> None:
+    """Read each sample's cell counts file and set its spots' N̂ (:mod:`tissuemap.cell_counts`); the key ``""``
+    is the only sample. Raises :class:`InputError` for a file of no sample mapped here or a bad file."""
+    from tissuemap.cell_counts import read_cell_counts, spot_cells_prior
+
+    by_name = {sample.name: sample for sample in samples}
+    for name, path in files.items():
+        if name == "" and len(samples) > 1:
+            raise InputError(f"--cell-counts {path}: {len(samples)} samples are mapped; give SAMPLE={path}")
+        sample = samples[0] if name == "" else by_name.get(name)
+        if sample is None:
+            raise InputError(f"--cell-counts {name}={path}: no sample {name!r} is mapped here (samples: "
+                             f"{', '.join(by_name)}); name one of them")
+        counts = read_cell_counts(path)
+        sample.cell_counts = spot_cells_prior(counts, sample.adata.obs_names, sample.n_cells_per_location, str(path),
+                                              sample.name)
+        sample.cell_counts_path = str(path)
 
 
 # rows drawn for the observed-vs-expected figure: about this many entries in all
@@ -872,17 +938,19 @@ def history_record(result: MappingResult, name: str) -> dict:
         "convergence": fit.convergence,
         "loss_definition": "negative ELBO of the whole fit (all samples fitted together), log(x!) included",
         "loss_every": 1,
+        "early_stopping": fit.early_stopping,
         "loss": [float(value) for value in fit.loss],
     }
 
 
-def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> None:
+def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike, spatialdata: bool = False) -> None:
     """Write, per sample into its own folder ``OUTDIR/NAME/`` (the layout of a run's results), via a staging folder
     (all files of all samples or none):
 
     ``NAME.abundance.h5ad`` (:func:`export_mapping`), ``NAME.cell_abundance_q05.csv`` and
     ``NAME.cell_abundance_mean.csv`` (barcodes × cell types), ``NAME.mapping_history.json`` (:func:`history_record`),
-    and the QC figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
+    with ``spatialdata`` the SpatialData store ``NAME.zarr`` (:mod:`tissuemap.io.spatialdata_export`), and the QC
+    figures ``NAME.mapping_elbo.png``, ``NAME.mapping_observed_vs_expected.png``,
     ``NAME.mapping_cells_vs_counts.png`` and ``NAME.cell_abundance_spatial.png``; then deletes the fit's checkpoint.
     """
     from tissuemap.outputs import staged_outputs
@@ -897,6 +965,10 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike) -> N
             staging = staged / name
             staging.mkdir()
             adata.write_h5ad(staging / f"{name}.abundance.h5ad", compression="gzip")
+            if spatialdata:
+                from tissuemap.io.spatialdata_export import write_spatialdata
+
+                write_spatialdata(adata, name, staging / f"{name}.zarr")
             for k, label in (("q05", "q05"), ("means", "mean")):
                 table = adata.obsm[f"{k}_cell_abundance_w_sf"].copy()
                 table.columns = setup.cell_types

@@ -108,8 +108,12 @@ class RunOptions:
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
     mapping_epochs: int | None = None
+    early_stopping: bool = False
+    early_stopping_tolerance: float | None = None
+    early_stopping_window: int | None = None
     lr: float | None = None
     min_shared_genes: int | None = None
+    spatialdata: bool = False
     mapping_mode: str = "per-sample"
     device: str | None = None
     seed: int | None = None
@@ -136,7 +140,10 @@ PASSED_OPTIONS: dict[str, dict[str, str]] = {
         "--batch-size": "regression_batch_size", "--device": "device", "--seed": "seed", "--threads": "threads",
     },
     "map": {
-        "--max-epochs": "mapping_epochs", "--lr": "lr", "--min-shared-genes": "min_shared_genes", "--device": "device", "--seed": "seed", "--threads": "threads",
+        "--max-epochs": "mapping_epochs", "--lr": "lr", "--min-shared-genes": "min_shared_genes", "--device": "device",
+        "--seed": "seed", "--threads": "threads", "--early-stopping": "early_stopping",
+        "--early-stopping-tolerance": "early_stopping_tolerance", "--early-stopping-window": "early_stopping_window",
+        "--spatialdata": "spatialdata",
     },
 }
 
@@ -147,9 +154,16 @@ def run_option(field: str) -> str:
 
 
 def _passed(command: str, options: RunOptions) -> list[str]:
-    """The options of step ``command`` that the run sets (:data:`PASSED_OPTIONS`), those not ``None``."""
-    pairs = ((option, getattr(options, field)) for option, field in PASSED_OPTIONS[command].items())
-    return [str(part) for option, value in pairs if value is not None for part in (option, value)]
+    """The options of step ``command`` that the run sets (:data:`PASSED_OPTIONS`), those not ``None``; a flag
+    (a boolean field) when it is ``True``."""
+    passed = []
+    for option, field in PASSED_OPTIONS[command].items():
+        value = getattr(options, field)
+        if isinstance(value, bool):
+            passed += [option] if value else []
+        elif value is not None:
+            passed += [option, str(value)]
+    return passed
 
 
 def translate_message(message: str, command: tuple[str, ...]) -> str:
@@ -204,12 +218,16 @@ def _map_key(names: list[str]) -> str:
     return f"map/{'+'.join(names)}"
 
 
-def _mapping_steps(groups: dict[str, list[str]], options: RunOptions, outdir: Path, signatures: Path) -> list[Step]:
+def _mapping_steps(groups: dict[str, list[str]], options: RunOptions, outdir: Path, signatures: Path,
+                   cell_counts: dict[str, Path]) -> list[Step]:
     """One map step per group of samples fitted together (:func:`tissuemap.plan.mapping_groups`); each writes its
-    samples' files into their folders ``outdir/NAME/`` and reads their settings from the mapping plan."""
+    samples' files into their folders ``outdir/NAME/`` and reads their settings from the mapping plan, and the cell
+    counts files of those that have one (samplesheet column ``cell_counts``) as ``--cell-counts NAME=FILE``."""
     learned = options.signatures is None
     steps = []
     for group, names in groups.items():
+        counted_names = [name for name in names if name in cell_counts]
+        counts_args = [part for name in counted_names for part in ("--cell-counts", f"{name}={cell_counts[name]}")]
         steps.append(Step(
             _map_key(names),
             f"{group}: mapping ({len(names)} samples)" if len(names) > 1 else f"{names[0]}: mapping",
@@ -217,10 +235,11 @@ def _mapping_steps(groups: dict[str, list[str]], options: RunOptions, outdir: Pa
             ("--spatial", *(str(outdir / name / f"{name}.qc.h5ad") for name in names),
              "--signatures", str(signatures),
              "--plan", str(outdir / INFO_FOLDER / PLAN_FILE),
+             *counts_args,
              *_passed("map", options),
              *_checkpoint_args(outdir, _map_key(names)),
              "--outdir", str(outdir)),
-            inputs=() if learned else (signatures,),
+            inputs=(*(() if learned else (signatures,)), *(cell_counts[name] for name in counted_names)),
             needs=("plan", *(f"qc/{name}" for name in names), *(("signatures",) if learned else ())),
         ))
     return steps
@@ -254,8 +273,16 @@ def check_inputs(samples: list[Sample], options: RunOptions) -> None:
     ``--layer``), and the signatures table. The steps' own checks, made on what can be read in a moment."""
     from tissuemap.io.spatial import check_spatial_input
 
+    if options.spatialdata:
+        from tissuemap.io.spatialdata_export import require_spatialdata
+
+        require_spatialdata()
     for sample in samples:
         check_spatial_input(sample.path)
+        if sample.cell_counts is not None:
+            from tissuemap.cell_counts import read_cell_counts
+
+            read_cell_counts(sample.cell_counts)
     if options.reference is not None:
         from tissuemap.reference import check_reference
 
@@ -294,7 +321,8 @@ def plan_steps(samplesheet: str | Path, options: RunOptions, outdir: str | Path,
         signatures = reference_dir / "signatures.csv"
     else:
         signatures = Path(options.signatures).resolve()
-    steps += _mapping_steps(groups, options, outdir, signatures)
+    cell_counts = {sample.sample: sample.cell_counts for sample in samples if sample.cell_counts is not None}
+    steps += _mapping_steps(groups, options, outdir, signatures, cell_counts)
     return steps + _report_steps(samples, groups, outdir, reference_dir)
 
 

@@ -27,6 +27,8 @@ from tissuemap.errors import InputError
 from tissuemap.log import counted, logger
 
 PATH_COLUMNS = ("spaceranger_dir", "h5ad")
+# every column holding a path: a relative one is resolved from the samplesheet's folder
+RELATIVE_PATH_COLUMNS = (*PATH_COLUMNS, "cell_counts")
 # Bytes read to tell a binary file given as the samplesheet (h5ad, h5, png) from a CSV.
 BINARY_CHECK_BYTES = 8192
 
@@ -41,6 +43,7 @@ class Sample:
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
     slide: str | None = None
+    cell_counts: Path | None = None  # barcode,n_cells CSV: cells per spot counted on the image
 
 
 @lru_cache(maxsize=1)
@@ -197,7 +200,7 @@ def read_samplesheet(path: str | Path, check_paths: bool = True) -> list[Sample]
         raise InputError(f"{path}: the samplesheet has a header but no sample rows")
     for row in rows:
         for column, value in row.items():
-            if column in PATH_COLUMNS:
+            if column in RELATIVE_PATH_COLUMNS:
                 row[column] = str((path.parent / value).resolve()) if not Path(value).is_absolute() else value
             elif column in properties:
                 row[column] = _cast(value, properties[column])
@@ -217,6 +220,7 @@ def read_samplesheet(path: str | Path, check_paths: bool = True) -> list[Sample]
                 n_cells_per_location=row.get("n_cells_per_location"),
                 detection_alpha=row.get("detection_alpha"),
                 slide=row.get("slide"),
+                cell_counts=Path(row["cell_counts"]) if "cell_counts" in row else None,
             )
         )
     logger.info("%s: %s: %s", path, counted(len(samples), "sample"), ", ".join(s.sample for s in samples))

@@ -20,7 +20,7 @@ workflow TISSUEMAP {
 
     take:
     ch_samplesheet // channel: path(samplesheet.csv), the user's: the mapping plan reads it
-    ch_samples     // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]; meta: id (and the other columns)
+    ch_samples     // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad), path(cell counts CSV) or [] ]; meta: id (and the other columns)
     ch_reference   // channel: [ val(meta), path(reference .h5ad) ]; meta: id, labels_key, batch_key, covariate_keys. Empty when signatures are given
     ch_signatures  // channel: path(signatures.csv) given by the user; empty when learnt from the reference
     run_multiqc    // boolean: make the MultiQC report
@@ -43,7 +43,7 @@ workflow TISSUEMAP {
     //
     TISSUEMAP_QC(
         ch_samples
-            .map { meta, input -> [meta.id, input] }
+            .map { meta, input, _cell_counts -> [meta.id, input] }
             .join(ch_group_of, failOnMismatch: true)
             .map { name, input, _group -> [[id: name], input] }
     )
@@ -76,19 +76,29 @@ workflow TISSUEMAP {
 
     //
     // Mapping: one task per group of the plan, started as soon as the QC of its samples is done. The map step
-    // fits them in the plan's order and reads their settings from the plan.
+    // fits them in the plan's order and reads their settings from the plan, and the cell counts files of the
+    // samples that have one (--cell-counts NAME=FILE).
     //
     ch_group_samples = ch_plan_rows
         .map { row -> [row.group, row.sample] }
         .groupTuple()
+    ch_cell_counts = ch_samples.map { meta, _input, cell_counts -> [meta.id, cell_counts] }
     ch_map_input = TISSUEMAP_QC.out.h5ad
         .map { meta, h5ad -> [meta.id, h5ad] }
         .join(ch_group_of)
-        .map { _name, h5ad, group -> [group, h5ad] }
+        .join(ch_cell_counts)
+        .map { name, h5ad, group, cell_counts -> [group, h5ad, cell_counts instanceof java.nio.file.Path ? [name, cell_counts] : []] }
         .combine(ch_group_samples, by: 0)
-        .map { group, h5ad, names -> [groupKey(group, names.size()), h5ad, names] }
+        .map { group, h5ad, counts, names -> [groupKey(group, names.size()), h5ad, counts, names] }
         .groupTuple()
-        .map { group, files, names -> [[id: group.toString(), samples: names[0]], files.toSorted { f -> f.name }] }
+        .map { group, files, counts, names ->
+            def counted = counts.findAll { pair -> pair }.toSorted { pair -> pair[0] }
+            [
+                [id: group.toString(), samples: names[0], cell_counts_samples: counted.collect { pair -> pair[0] }],
+                files.toSorted { f -> f.name },
+                counted.collect { pair -> pair[1] },
+            ]
+        }
     TISSUEMAP_MAP(ch_map_input, ch_signatures_csv, TISSUEMAP_PLAN.out.csv)
     ch_versions = ch_versions.mix(TISSUEMAP_MAP.out.versions.first(), TISSUEMAP_MAP.out.versions_torch.first())
 

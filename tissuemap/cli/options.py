@@ -51,3 +51,24 @@ def layer_option(command):
         "--layer", default=None, show_default="X",
         help="Layer of the reference holding the raw counts; 'raw' reads .raw (its X and var_names).",
     )(command)
+
+
+def early_stopping_options(command):
+    """``--early-stopping`` with its ``--early-stopping-tolerance`` and ``--early-stopping-window``
+    (:mod:`tissuemap.early_stopping`)."""
+    from tissuemap.early_stopping import EARLY_STOPPING_TOLERANCE, EARLY_STOPPING_WINDOW
+
+    command = click.option(
+        "--early-stopping-window", type=click.IntRange(min=1), default=EARLY_STOPPING_WINDOW, show_default=True,
+        help="Early stopping: steps per window; the last window's mean loss is compared with the one before.",
+    )(command)
+    command = click.option(
+        "--early-stopping-tolerance", type=click.FloatRange(min=0), default=EARLY_STOPPING_TOLERANCE,
+        show_default=True,
+        help="Early stopping: stop when the mean loss improved by less than this fraction between two windows.",
+    )(command)
+    return click.option(
+        "--early-stopping", is_flag=True, default=False,
+        help="End training once the loss has levelled off (see the two options below) instead of after every step "
+        "of --max-epochs; the step it stopped at is logged and kept in the history JSON.",
+    )(command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tissuemap import defaults
-from tissuemap.cli.options import layer_option, threads_option
+from tissuemap.cli.options import early_stopping_options, layer_option, threads_option
 from tissuemap.models.device import DEVICE_CHOICES
 from tissuemap.plan import MAPPING_MODES
 from tissuemap.qc import DEFAULT_MIN_COUNTS
@@ -58,12 +58,16 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--detection-alpha", type=POSITIVE, default=defaults.MAPPING_DETECTION_ALPHA, show_default=True,
               help="Mapping: regularisation of within-slide detection variation, for samples without their own value.")
 @click.option("--mapping-epochs", type=click.IntRange(min=1), default=defaults.MAPPING_MAX_EPOCHS, show_default=True,
-              help="Mapping: training steps.")
+              help="Mapping: training steps (at most, with --early-stopping).")
+@early_stopping_options
 @click.option("--lr", type=POSITIVE, default=defaults.MAPPING_LR, show_default=True,
               help="Mapping: Adam learning rate.")
 @click.option("--min-shared-genes", type=click.IntRange(min=1), default=defaults.MAPPING_MIN_SHARED_GENES,
               show_default=True,
               help="Mapping: fewest genes the samples and the signatures must share.")
+@click.option("--spatialdata", is_flag=True, default=False,
+              help="Mapping: also write each sample's NAME/NAME.zarr, a SpatialData store (needs pip install "
+                   "'tissuemap[spatialdata]').")
 @click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=MAPPING_MODES[0], show_default=True,
               help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
                    "'slide') together.")

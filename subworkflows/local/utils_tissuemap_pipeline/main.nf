@@ -29,7 +29,10 @@ workflow PIPELINE_INITIALISATION {
     def samplesheet = file(input, checkIfExists: true)
     ch_samples = channel
         .fromList(samplesheetRows(samplesheet, "${projectDir}/assets/schema_input.json"))
-        .map { meta, spaceranger_dir, h5ad -> [meta, spaceranger_dir ?: h5ad] }
+        // an empty cell_counts is [] (or null): no file
+        .map { meta, spaceranger_dir, h5ad, cell_counts ->
+            [meta, spaceranger_dir ?: h5ad, cell_counts instanceof java.nio.file.Path ? cell_counts : []]
+        }
 
     // Both or neither are given: the first task, tissuemap plan, stops the run with the error of `tissuemap run`
     ch_reference = reference
@@ -42,7 +45,7 @@ workflow PIPELINE_INITIALISATION {
 
     emit:
     samplesheet = channel.value(samplesheet) // channel: path(samplesheet.csv), the user's
-    samples     = ch_samples                 // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad) ]
+    samples     = ch_samples                 // channel: [ val(meta), path(Space Ranger outs/ folder or .h5ad), path(cell counts CSV) or [] ]
     reference   = ch_reference               // channel: [ val(meta), path(reference .h5ad) ], or empty
     signatures  = ch_signatures              // channel: path(signatures.csv), or empty
 }
@@ -104,7 +107,7 @@ def samplesheetRows(samplesheet, schema) {
     }
 }
 
-// The samplesheet itself when its paths (columns spaceranger_dir and h5ad) are absolute, else a copy in `folder`
+// The samplesheet itself when its paths (columns spaceranger_dir, h5ad and cell_counts) are absolute, else a copy in `folder`
 // whose relative paths are resolved from the samplesheet's own folder.
 def samplesheetWithAbsolutePaths(samplesheet, folder) {
     def rows = samplesheet.splitCsv(quote: '"')
@@ -112,7 +115,7 @@ def samplesheetWithAbsolutePaths(samplesheet, folder) {
         return samplesheet
     }
     def header = rows[0].collect { cell -> cell.replace('\uFEFF', '').trim() }
-    def path_indices = (0..<header.size()).findAll { index -> header[index] in ['spaceranger_dir', 'h5ad'] }
+    def path_indices = (0..<header.size()).findAll { index -> header[index] in ['spaceranger_dir', 'h5ad', 'cell_counts'] }
     def changed = false
     rows.drop(1).each { cells ->
         path_indices.each { index ->
