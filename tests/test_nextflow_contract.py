@@ -29,10 +29,18 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # pipeline parameter -> the (sub-command, option) whose default it must equal
 PARAMETER_DEFAULTS_FROM_CLI = {
     "min_counts": (("qc",), "min_counts"),
+    "cell_count_cutoff": (("filter-genes",), "cell_count_cutoff"),
+    "cell_percentage_cutoff2": (("filter-genes",), "cell_percentage_cutoff2"),
+    "nonz_mean_cutoff": (("filter-genes",), "nonz_mean_cutoff"),
+    "signatures_method": (("signatures",), "method"),
+    "min_cells_per_type": (("signatures",), "min_cells_per_type"),
     "regression_epochs": (("signatures",), "max_epochs"),
+    "regression_lr": (("signatures",), "lr"),
+    "regression_batch_size": (("signatures",), "batch_size"),
     "mapping_mode": (("plan",), "mapping_mode"),
     "detection_alpha": (("plan",), "detection_alpha"),
     "mapping_epochs": (("map",), "max_epochs"),
+    "mapping_lr": (("map",), "lr"),
     "early_stopping": (("map",), "early_stopping"),
     "early_stopping_tolerance": (("map",), "early_stopping_tolerance"),
     "early_stopping_window": (("map",), "early_stopping_window"),
