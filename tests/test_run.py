@@ -304,13 +304,10 @@ def one_sample_run(real_data, results, tmp_path, outdir):
 
 def run_in_subprocess(command, log, until=None):
     """Run ``tissuemap COMMAND`` on one thread with its log in ``log``; with ``until`` (a pattern), send SIGTERM as
-    soon as the log matches it. Returns the exit code and the log.
-
-    NUMBA_NUM_THREADS too: scanpy's QC metrics start numba's OpenMP threads, which resets the thread count torch
-    shares with them to numba's, so a map step after a QC step in one process would train on every core."""
+    soon as the log matches it. Returns the exit code and the log."""
     with open(log, "w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "tissuemap", *command], stderr=stderr,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + 300
         while until and not re.search(until, log.read_text()) and process.poll() is None \
                 and time.monotonic() < deadline:
