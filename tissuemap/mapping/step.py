@@ -18,6 +18,7 @@ from tissuemap.defaults import (
     MAPPING_MIN_SHARED_GENES,
     MAPPING_N_CELLS_PER_LOCATION,
     MAPPING_SEED,
+    TRAINING_DEVICE,
 )
 from tissuemap.log import logger
 from tissuemap.mapping.data import (
@@ -51,7 +52,7 @@ def map_samples(
     plan: dict[str, dict] | None = None,
     max_epochs: int = MAPPING_MAX_EPOCHS,
     lr: float = MAPPING_LR,
-    device: str = "auto",
+    device: str = TRAINING_DEVICE,
     seed: int = MAPPING_SEED,
     expected_expression: bool = False,
     min_shared_genes: int = MAPPING_MIN_SHARED_GENES,
