@@ -18,6 +18,7 @@ SUMMARIES = ("means", "stds", "q05", "q95")
 LOCATION_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
 BATCH_SITES = ("y_e", "m_e", "u_e", "s_eg", "v_eg")
 
+
 def mapping_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
     """``means``, ``stds``, ``q05`` and ``q95`` of every site under the trained guide, exact (log-normal), as numpy
     arrays of the sites' shapes: ``summaries[k][site]``."""

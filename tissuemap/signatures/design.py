@@ -96,8 +96,6 @@ def type_average_counts(counts, type_ids: np.ndarray, n_types: int) -> np.ndarra
     return totals / np.bincount(type_ids, minlength=n_types)[:, None]
 
 
-
-
 def stored_design(adata) -> ReferenceDesign:
     """The design a fit used, rebuilt from the settings it stored in ``adata.uns['mod']['settings']``."""
     settings = adata.uns["mod"]["settings"]

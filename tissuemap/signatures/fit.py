@@ -31,7 +31,6 @@ def _deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-
 def _run_svi(module, guide, minibatch, n_cells: int, max_epochs: int, batch_size: int, lr: float, seed: int,
              device, checkpoint, checkpoint_key: str, threads: int | None) -> tuple[np.ndarray, int]:
     """Minibatch SVI in the shared loop (:mod:`tissuemap.training`): each epoch visits every cell once in a seeded

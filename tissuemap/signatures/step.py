@@ -154,7 +154,6 @@ def estimate_signatures(
     return record
 
 
-
 def write_signature_outputs(adata, record: dict, folder: str | os.PathLike, prefix: str = "reference") -> None:
     """Write the step's files into ``folder``: ``signatures.csv`` (genes × types), ``{prefix}.signatures.h5ad``
     (the reference with the signatures in ``varm`` and ``uns['mod']``), ``{prefix}.signatures_history.json`` (the
