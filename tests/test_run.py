@@ -18,7 +18,8 @@ from test_report import assert_self_contained, cell_texts
 from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.interruption import EXIT_INTERRUPTED
-from tissuemap.runner import RunOptions, Step, _checkpoint_folder, exclusive_use, plan_steps
+from tissuemap.runner import RunOptions, Step, exclusive_use, plan_steps
+from tissuemap.runner.execution import checkpoint_folder
 
 REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
 
@@ -374,11 +375,11 @@ def test_an_interrupted_steps_checkpoint_is_used_only_under_the_reuse_rule(tmp_p
     reused; --force, a rerun earlier step or other inputs start it over."""
     folder = tmp_path / ".checkpoints" / "map-a"
     step = Step("map/a", "a: mapping", ("map",), ("--checkpoint-dir", str(folder), "--resume", "--outdir", "x"))
-    with pytest.raises(RuntimeError), _checkpoint_folder(step, {"x": "1"}, None):
+    with pytest.raises(RuntimeError), checkpoint_folder(step, {"x": "1"}, None):
         (folder / ".a.map.ckpt.pt").write_bytes(b"state")  # an interrupted attempt
         raise RuntimeError
     arguments = {"inputs": {"x": "1"}, "fresh": None, **change}
-    with _checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
+    with checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
         assert (folder / ".a.map.ckpt.pt").exists() == kept
         (folder / ".a.map.ckpt.pt").unlink(missing_ok=True)  # the step finishes: it deletes its checkpoint
     # nothing is left
