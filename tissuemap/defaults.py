@@ -8,6 +8,9 @@ CELL_COUNT_CUTOFF = 5
 CELL_PERCENTAGE_CUTOFF2 = 0.03
 NONZ_MEAN_CUTOFF = 1.12
 
+# Both training steps (`--device`, choices in tissuemap.models.device): a CUDA GPU when torch sees one, else the CPU
+TRAINING_DEVICE = "auto"
+
 # Spatial mapping (tissuemap.mapping, `tissuemap map`)
 MAPPING_N_CELLS_PER_LOCATION = 8.0  # the package's default; the lymph node tutorial uses 30
 MAPPING_DETECTION_ALPHA = 20.0
