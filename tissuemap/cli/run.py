@@ -91,6 +91,7 @@ def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     inputs, and continues a training step stopped by SIGTERM or Ctrl-C (exit code 75) from its checkpoint. One run
     at a time may write into a folder.
     """
+    from tissuemap.cli import main
     from tissuemap.runner import RunOptions, plan_steps, run_steps
     from tissuemap.threads import resolve_threads, use_threads
 
@@ -99,4 +100,4 @@ def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     run_options = RunOptions(**options)
     steps = plan_steps(samplesheet, run_options, outdir, check_files=True)
     parameters = {"input": samplesheet, "outdir": outdir, "force": force, **options}
-    run_steps(steps, outdir, parameters, force=force)
+    run_steps(steps, main, outdir, parameters, force=force)

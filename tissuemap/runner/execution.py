@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import click
+
 from tissuemap.interruption import TrainingInterrupted
 from tissuemap.log import logger
 from tissuemap.outputs import complete_interrupted_publications, prepare_outdir, staged_outputs
@@ -87,13 +89,10 @@ def _verbosity_options() -> list[str]:
     return ["--verbose"] if logger.level and logger.level <= logging.DEBUG else []
 
 
-def _execute(step: Step) -> None:
-    import click
-
-    from tissuemap.cli import main
-
+def _execute(step: Step, commands: click.Group) -> None:
     try:
-        main.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap", standalone_mode=False)
+        commands.main([*_verbosity_options(), *step.command, *step.args], prog_name="tissuemap",
+                      standalone_mode=False)
     except click.ClickException as err:  # the step's one-line error, naming the run's options
         err.message = translate_message(err.message, step.command)
         raise
@@ -134,8 +133,11 @@ def checkpoint_folder(step: Step, inputs: dict, fresh: str | None) -> Iterator[N
                 folder.parent.rmdir()
 
 
-def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bool = False) -> list[dict]:
-    """Run ``steps`` in order through the command line, reusing the finished ones (unless ``force``).
+def run_steps(steps: list[Step], commands: click.Group, outdir: str | Path, parameters: dict,
+              force: bool = False) -> list[dict]:
+    """Run ``steps`` in order through the command line ``commands`` (the ``tissuemap`` group,
+    :data:`tissuemap.cli.main`, which the caller above the runner hands down), reusing the finished ones (unless
+    ``force``).
 
     Records each step in ``pipeline_info/steps.json`` as soon as it finishes (so that a failed run keeps what it
     finished), and writes ``pipeline_info/params.json`` (``parameters``) and ``versions.json`` (every installed
@@ -152,10 +154,11 @@ def run_steps(steps: list[Step], outdir: str | Path, parameters: dict, force: bo
         for folder in sorted(outdir.iterdir()):
             if folder.is_dir() and not folder.name.startswith("."):
                 complete_interrupted_publications(folder)
-        return _run_locked(steps, outdir, parameters, force)
+        return _run_locked(steps, commands, outdir, parameters, force)
 
 
-def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) -> list[dict]:
+def _run_locked(steps: list[Step], commands: click.Group, outdir: Path, parameters: dict,
+                force: bool) -> list[dict]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from tissuemap.progress import Progress
@@ -191,7 +194,7 @@ def _run_locked(steps: list[Step], outdir: Path, parameters: dict, force: bool) 
             fresh = "--force" if force else f"step {again} ran again" if again else None
             try:
                 with checkpoint_folder(step, inputs, fresh):
-                    _execute(step)
+                    _execute(step, commands)
             except TrainingInterrupted as err:
                 raise TrainingInterrupted(f"step {step.label}: {err.message}; `tissuemap run --force` starts over "
                                           "instead") from None
