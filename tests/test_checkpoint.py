@@ -15,7 +15,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
-from conftest import small_reference_adata
 
 from tissuemap.checkpoint import Checkpointing
 from tissuemap.cli import main
@@ -118,9 +117,9 @@ def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp
 
 
 @pytest.fixture
-def small_reference():
+def small_reference(make_small_reference):
     """60 cells x 30 genes in 3 types and 2 batches."""
-    return small_reference_adata()
+    return make_small_reference()
 
 
 def fit_signatures(adata, seed=0, checkpoint=None):

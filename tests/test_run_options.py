@@ -46,7 +46,7 @@ def options_named_in_messages() -> dict[str, set[str]]:
     """
     named: dict[str, set[str]] = {}
     for path in sorted(filter(in_package, PACKAGE.rglob("*.py"))):
-        builds_commands = path.parent.name == "cli" or path.name == "runner.py"
+        builds_commands = path.parent.name in ("cli", "runner")
         texts = []
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):

@@ -158,7 +158,7 @@ def write_sample_report(sample: str, input_dir: str | os.PathLike, outdir: str |
     from tissuemap.outputs import staged_outputs
     from tissuemap.report import figures
     from tissuemap.report.html import render_page
-    from tissuemap.runner import package_versions
+    from tissuemap.versions import package_versions
 
     input_dir = Path(input_dir)
     qc = read_json(required_file(input_dir, f"{sample}.qc.json", "qc"))
