@@ -14,9 +14,6 @@ from tissuemap.mapping.fit import MappingFit
 from tissuemap.mapping.setup import MappingSetup
 
 SUMMARIES = ("means", "stds", "q05", "q95")
-# sites with one value per location, per batch, or shared by all (their export is sliced accordingly)
-LOCATION_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
-BATCH_SITES = ("y_e", "m_e", "u_e", "s_eg", "v_eg")
 
 
 def mapping_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
@@ -33,6 +30,8 @@ def mapping_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[st
 
 def _sample_sites(setup: MappingSetup, summary: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     """One summary of every site restricted to a sample: its locations' rows and its batch's row."""
+    from tissuemap.models.cell2location import BATCH_SITES, LOCATION_SITES
+
     rows, batch = setup.rows[name], setup.sample_batch[name]
     return {
         site: values[rows] if site in LOCATION_SITES else values[batch: batch + 1] if site in BATCH_SITES else values
