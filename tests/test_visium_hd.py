@@ -196,6 +196,7 @@ def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
         assert result.exit_code == 0, result.output
 
     invoke("qc", "--sample", "hd", "--input", outs, "--bin-size", 16, "--outdir", tmp_path / "hd")
+    assert json.loads((tmp_path / "hd" / "hd.qc.json").read_text())["bin_size_um"] == 16
     invoke("signatures", "--reference", hd_dataset / "reference.h5ad", "--labels-key", "cell_type", "--method", "mean",
            "--outdir", tmp_path / "reference")
     invoke("map", "--spatial", tmp_path / "hd" / "hd.qc.h5ad", "--signatures", tmp_path / "reference" / "signatures.csv",
@@ -208,4 +209,6 @@ def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
     assert tissue_view(abundance, "hd").bins.side == pytest.approx(
         16 / abundance.uns["spatial"]["hd"]["scalefactors"]["microns_per_pixel"]
         * abundance.uns["spatial"]["hd"]["scalefactors"]["tissue_hires_scalef"])
-    assert (tmp_path / "hd.report.html").stat().st_size < 3_000_000
+    page = (tmp_path / "hd.report.html").read_text()
+    assert "<th scope=\"row\">Visium HD bins</th><td>16 µm squares</td>" in page
+    assert len(page) < 3_000_000
