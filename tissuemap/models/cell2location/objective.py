@@ -1,6 +1,6 @@
 """The fast objective of the cell2location mapping model: its negative ELBO under the mean-field guide, in torch.
 
-Equal to Pyro's ``Trace_ELBO`` on :func:`~.model.model` with ``AutoNormal`` (the tests check loss and gradients), and
+Equal to Pyro's ``Trace_ELBO`` on :func:`~.pyro_model.model` with ``AutoNormal`` (the tests check loss and gradients), and
 much cheaper: reparameterised log-normal draws, closed-form log-densities, and a negative-binomial likelihood that
 does no redundant work (the constant ``log Γ(x+1)`` left out, ``Σ log Γ(x+α)`` from each gene's count histogram, the
 terms of every location × gene entry and their gradient computed together, block by block, zero counts never read).
@@ -30,7 +30,7 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class MappingObjective:
     """The negative ELBO of the cell2location model under its mean-field guide, for one guide sample.
 
-    Equal to Pyro's ``Trace_ELBO`` loss on :func:`~.model.model` with ``AutoNormal`` minus the constant
+    Equal to Pyro's ``Trace_ELBO`` loss on :func:`~.pyro_model.model` with ``AutoNormal`` minus the constant
     ``Σ log Γ(x+1)`` (:attr:`log_factorial_total`), and much cheaper: it precomputes per batch and gene the
     histogram of counts, touches the observed counts only where they are not zero, and gets the gradient of the
     location × gene terms analytically, in the same pass as their value.
