@@ -65,3 +65,49 @@ def large_count_log_gamma_terms(values: torch.Tensor, alpha: torch.Tensor, cutof
     """Σ log Γ(x+α) − log Γ(K+α) over counts x above the cutoff K, each with its own α: the rest of their
     Σ log Γ(x+α) − log Γ(α) beyond :func:`histogram_log_gamma_terms`."""
     return (torch.lgamma(values + alpha) - torch.lgamma(cutoff + alpha)).sum()
+
+
+class ExceedanceTerms:
+    """:func:`histogram_log_gamma_terms` for a table that stays fixed (the mapping's: its counts never change), over
+    its non-zero entries only: a gene whose counts never exceed j has nothing in rows j and above, and most genes'
+    counts stay far below the cutoff, so the table is mostly zeros.
+
+    Parameters
+    ----------
+    exceedance
+        ``(E, K, G)`` from :func:`exceedance_table`, one table per batch.
+    """
+
+    def __init__(self, exceedance: torch.Tensor):
+        E, K, G = exceedance.shape
+        # entries ordered by (batch, gene, j): each (batch, gene)'s entries are one run, j = 0, 1, ...
+        by_gene = exceedance.permute(0, 2, 1).reshape(E * G, K)
+        nonzero = by_gene > 0
+        self.weights = by_gene[nonzero]
+        self.steps = torch.arange(K, dtype=exceedance.dtype, device=exceedance.device).expand(E * G, K)[nonzero]
+        self.runs = nonzero.sum(1)
+        self.alpha_index = torch.repeat_interleave(torch.arange(E * G, device=exceedance.device), self.runs)
+
+    def __call__(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Σ_j #(x > j) log(α + j) over every batch and gene; ``alpha`` ``(E, G)``."""
+        return _ExceedanceLogTerms.apply(alpha, self)
+
+
+class _ExceedanceLogTerms(torch.autograd.Function):
+    """Σ w log(α + j) over a table's non-zero entries; the gradient, Σ_j w / (α + j) per batch and gene, is a sum
+    over each (batch, gene)'s run of entries (a segmented sum: deterministic, no scatter onto repeated indices)."""
+
+    @staticmethod
+    def forward(ctx, alpha, table):
+        total = alpha.reshape(-1).index_select(0, table.alpha_index).add_(table.steps)
+        ctx.save_for_backward(total)
+        ctx.table, ctx.alpha_shape = table, alpha.shape
+        return torch.dot(table.weights, torch.log(total))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (total,) = ctx.saved_tensors
+        table = ctx.table
+        per_entry = table.weights / total
+        grad = torch.segment_reduce(per_entry, "sum", lengths=table.runs, unsafe=True, initial=0)
+        return (grad * grad_output).view(ctx.alpha_shape), None

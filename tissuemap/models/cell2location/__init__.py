@@ -4,12 +4,12 @@
   hyper-parameters, and the guide's layout: Pyro's ``AutoNormal`` (a normal distribution per scalar in the log
   space of every site, ``init_to_mean``, initial scale 0.1), all locations and all scales in one ``(2, P)`` tensor
   so that the optimiser updates a single tensor.
-- :mod:`.model`: the generative process in Pyro, derived from the table: the specification.
+- :mod:`.pyro_model`: the generative process in Pyro, derived from the table: the specification (imported on first use
+  of ``model``: training and export need neither it nor Pyro).
 - :mod:`.objective`: the negative ELBO of one guide sample computed directly in torch, equal to Pyro's
   ``Trace_ELBO`` on the model and much cheaper.
 """
 
-from tissuemap.models.cell2location.model import model
 from tissuemap.models.cell2location.objective import MappingObjective
 from tissuemap.models.cell2location.sites import (
     BATCH_SITES,
@@ -24,6 +24,15 @@ from tissuemap.models.cell2location.sites import (
     initial_guide_parameters,
     prior_means,
 )
+
+
+def __getattr__(name: str):
+    if name == "model":
+        from tissuemap.models.cell2location.pyro_model import model
+
+        return model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BATCH_SITES", "INIT_SCALE", "LOCATION_SITES", "SITE_NAMES", "SITES", "MappingData", "MappingObjective",

@@ -1,6 +1,6 @@
 """The sites of the cell2location mapping model (spec §3), each written once: its shape, its prior and its prior mean.
 
-:data:`SITES` is the one table of the model's latent variables. The Pyro model (:mod:`.model`), the fast objective's
+:data:`SITES` is the one table of the model's latent variables. The Pyro model (:mod:`.pyro_model`), the fast objective's
 constant priors and per-step priors (:mod:`.objective`), the prior means the guide starts from and the layout of the
 flat parameter vector are all derived from it.
 
