@@ -1,0 +1,88 @@
+"""Minibatch training of the mapping model: the estimate of the objective, and what a minibatch fit gives."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tissuemap.models.cell2location import MappingData, MappingObjective, MappingPriors, initial_guide_parameters
+from tissuemap.models.minibatch import MinibatchObjective, SplitLayout
+
+PRIORS = MappingPriors(n_groups=5)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def three_slides():
+    """24 spots on three slides, float64, counts above the histogram cutoff; the counts as dense and as CSR."""
+    generator = torch.Generator().manual_seed(2)
+    n_spots, n_genes, n_types = 24, 30, 4
+    rates = torch.distributions.Gamma(0.3, 0.1).sample((n_spots, n_genes))
+    counts = torch.poisson(rates, generator=generator).double()
+    counts[0, 0], counts[13, 5], counts[20, 7] = 400, 150, 90
+    dense = MappingData(
+        counts=counts,
+        batch_index=torch.tensor([0] * 10 + [1] * 8 + [2] * 6),
+        signatures=torch.rand(n_types, n_genes, generator=generator, dtype=torch.float64) + 0.05,
+        n_cells_per_location=torch.linspace(0.5, 30.0, n_spots, dtype=torch.float64).reshape(-1, 1),
+        detection_alpha=torch.linspace(5.0, 200.0, n_spots, dtype=torch.float64).reshape(-1, 1),
+        detection_mean=torch.tensor(0.05, dtype=torch.float64),
+    )
+    return dense, dataclasses.replace(dense, counts=counts.to_sparse_csr())
+
+
+def full_loss_and_gradient(data, parameters, eps):
+    objective = MappingObjective(data, PRIORS, block_rows=4)
+    mine = parameters.clone().requires_grad_()
+    loss = objective.negative_elbo(mine, eps)
+    return loss.detach(), torch.autograd.grad(loss, [mine])[0], objective.log_factorial_total
+
+
+def batch_loss_and_gradient(objective, layout, parameters, eps, ids):
+    """Loss of the batch ``ids`` and its gradient as a full ``(2, P)`` tensor (zero on the other locations)."""
+    global_part, local = layout.split(parameters)
+    global_eps, local_eps = layout.split(eps)
+    batch = objective.batch(ids)
+    global_part = global_part.clone().requires_grad_()
+    local_rows = local[:, batch.ids].clone().requires_grad_()
+    loss = objective.negative_elbo(global_part, local_rows, global_eps, local_eps[batch.ids], batch)
+    global_grad, local_grad = torch.autograd.grad(loss, [global_part, local_rows])
+    full_local_grad = torch.zeros_like(local)
+    full_local_grad[:, batch.ids] = local_grad
+    return loss.detach(), layout.join(global_grad, full_local_grad)
+
+
+@pytest.mark.parametrize("batch_size", [6, 7, 24], ids=["4 equal batches", "unequal batches", "one batch"])
+def test_an_epochs_batches_average_to_the_full_data_loss_and_gradient(three_slides, batch_size):
+    dense, sparse = three_slides
+    generator = torch.Generator().manual_seed(1)
+    parameters = initial_guide_parameters(dense, PRIORS)
+    parameters = parameters + 0.3 * torch.randn(parameters.shape, generator=generator, dtype=torch.float64)
+    eps = torch.randn(parameters.shape[1], generator=generator, dtype=torch.float64)
+    full_loss, full_grad, log_factorial_total = full_loss_and_gradient(dense, parameters, eps)
+
+    objective = MinibatchObjective(sparse, PRIORS, block_rows=3)  # several blocks per slide within a batch
+    assert objective.tables.large_values.numel() > 0  # counts above the histogram cutoff are exercised
+    assert objective.log_factorial_total == pytest.approx(log_factorial_total, rel=1e-12)
+    layout = SplitLayout(objective.layout.layout)
+    order = torch.randperm(24, generator=generator)  # batches mix the slides
+    loss, grad = torch.zeros((), dtype=torch.float64), torch.zeros_like(parameters)
+    for ids in order.split(batch_size):
+        assert len(set(dense.batch_index[ids].tolist())) > 1 or batch_size == 24
+        batch_loss, batch_grad = batch_loss_and_gradient(objective, layout, parameters, eps, ids)
+        # each batch stands for all the data; weighted by its share of the spots (equal weights: the plain mean)
+        loss += batch_loss * len(ids) / 24
+        grad += batch_grad * len(ids) / 24
+    torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_split_layout_round_trips(three_slides):
+    dense, _ = three_slides
+    parameters = initial_guide_parameters(dense, PRIORS)
+    parameters = parameters + torch.arange(parameters.numel(), dtype=torch.float64).reshape(parameters.shape)
+    layout = SplitLayout(MinibatchObjective(three_slides[1], PRIORS).layout.layout)
+    global_part, local = layout.split(parameters)
+    assert local.shape == (2, 24, 3 + PRIORS.n_groups + 4)
+    assert torch.equal(layout.join(global_part, local), parameters)
