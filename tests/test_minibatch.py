@@ -3,10 +3,12 @@
 import dataclasses
 
 import pytest
+import scipy.sparse
 import torch
 
 from tissuemap.models.cell2location import MappingData, MappingObjective, MappingPriors, initial_guide_parameters
-from tissuemap.models.minibatch import MinibatchObjective, SplitLayout
+from tissuemap.models.minibatch import MinibatchObjective, SplitLayout, csr_counts
+from tissuemap.models.row_adam import RowwiseAdam
 
 PRIORS = MappingPriors(n_groups=5)
 
@@ -29,7 +31,9 @@ def three_slides():
         detection_alpha=torch.linspace(5.0, 200.0, n_spots, dtype=torch.float64).reshape(-1, 1),
         detection_mean=torch.tensor(0.05, dtype=torch.float64),
     )
-    return dense, dataclasses.replace(dense, counts=counts.to_sparse_csr())
+    sparse = scipy.sparse.csr_matrix(counts.numpy())
+    csr = csr_counts(sparse.indptr, sparse.indices, sparse.data, tuple(counts.shape))
+    return dense, dataclasses.replace(dense, counts=csr)
 
 
 def full_loss_and_gradient(data, parameters, eps):
@@ -86,3 +90,31 @@ def test_split_layout_round_trips(three_slides):
     global_part, local = layout.split(parameters)
     assert local.shape == (2, 24, 3 + PRIORS.n_groups + 4)
     assert torch.equal(layout.join(global_part, local), parameters)
+
+
+def test_rowwise_adam_is_torch_adam_on_the_rows_it_is_given():
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(2, 6, 5, generator=generator, dtype=torch.float64)
+    grads = [torch.randn(2, 6, 5, generator=generator, dtype=torch.float64) for _ in range(4)]
+    reference = start.clone().requires_grad_()
+    adam = torch.optim.Adam([reference], lr=0.05)
+    rowwise = RowwiseAdam(start.clone(), lr=0.05)
+    for grad in grads:  # every row in every step: torch's Adam
+        reference.grad = grad
+        adam.step()
+        rowwise.step(torch.arange(6), grad)
+    torch.testing.assert_close(rowwise.parameters, reference.detach(), rtol=1e-13, atol=1e-13)
+
+    # rows outside the batch do not move, and a row's moments and bias corrections advance only with its own steps
+    lazy = RowwiseAdam(start.clone(), lr=0.05)
+    alone = RowwiseAdam(start[:, [4]].clone(), lr=0.05)
+    for step, grad in enumerate(grads):
+        rows = torch.tensor([4, 1]) if step % 2 else torch.tensor([0, 2])
+        before = lazy.parameters.clone()
+        lazy.step(rows, grad[:, rows])
+        others = torch.ones(6, dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(lazy.parameters[:, others], before[:, others])
+        if step % 2:
+            alone.step(torch.tensor([0]), grad[:, [4]])
+    torch.testing.assert_close(lazy.parameters[:, [4]], alone.parameters, rtol=1e-13, atol=1e-13)

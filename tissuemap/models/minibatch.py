@@ -25,6 +25,7 @@ sites as a ``(2, S, L)`` table with one row of L values per location (``L = 3 + 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -87,6 +88,17 @@ class SplitLayout:
     def local_sites(self, local: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of an ``(n, L)`` table as every local site's ``(n, width)``."""
         return {name: local[..., columns] for name, columns in self.local_columns.items()}
+
+
+def csr_counts(indptr, indices, values, shape: tuple[int, int], device=None) -> torch.Tensor:
+    """A torch sparse CSR tensor of counts (``indptr``, ``indices``, ``values`` as scipy's CSR holds them, indices
+    made int64), without torch's one-time "beta" warning in the user's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(torch.as_tensor(indptr, dtype=torch.int64, device=device),
+                                       torch.as_tensor(indices, dtype=torch.int64, device=device),
+                                       torch.as_tensor(values, device=device), size=shape,
+                                       check_invariants=False)  # scipy built it: valid
 
 
 @dataclass(frozen=True)
