@@ -211,9 +211,10 @@ class MinibatchObjective:
         total = block_ends[-1]
         row_of_entry = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lengths,
                                                output_size=total)
-        entry = (torch.arange(total, device=ids.device) - (entry_ends - lengths)[row_of_entry]
-                 + starts[row_of_entry])
-        values, genes = self.values[entry], self.genes[entry]
+        # position in the CSR arrays: the row's start there, minus where the row starts in the batch, plus the rank
+        entry = torch.repeat_interleave(starts - (entry_ends - lengths), lengths, output_size=total)
+        entry += torch.arange(total, device=ids.device)
+        values, genes = self.values.index_select(0, entry), self.genes.index_select(0, entry)
         blocks, entry_start = [], 0
         for (start, end, slide), entry_end in zip(bounds, block_ends):
             part = slice(entry_start, entry_end)
