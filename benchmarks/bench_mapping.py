@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         SpatialSample,
         export_mapping,
         fit_mapping,
-        posterior_summaries,
+        mapping_summaries,
         setup_mapping,
     )
     from tissuemap.models.device import resolve_device
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     fit = fit_mapping(setup, args.steps, seed=args.seed, cuda_graph=args.cuda_graph == "on",
                       compile_objective=compile_objective)
     started = time.perf_counter()
-    exported = export_mapping(setup, fit, summaries=posterior_summaries(setup, fit))
+    exported = export_mapping(setup, fit, summaries=mapping_summaries(setup, fit))
     export_seconds = time.perf_counter() - started
     assert exported["bench"].obsm["q05_cell_abundance_w_sf"].shape == (args.n_spots, args.n_cell_types)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tissuemap.cell_counts import MIN_CELLS_PER_SPOT, read_cell_counts
 from tissuemap.cli import main
 from tissuemap.errors import InputError
-from tissuemap.mapping import attach_cell_counts, read_signatures, read_spatial_sample, setup_mapping
+from tissuemap.mapping import attach_cell_counts, read_qc_sample, read_signatures, setup_mapping
 from tissuemap.runner import RunOptions, plan_steps
 from tissuemap.samplesheet import read_samplesheet
 
@@ -26,7 +26,7 @@ def write_counts(path: Path, rows: list[tuple]) -> Path:
 
 
 def test_listed_spots_get_their_count_as_prior_and_the_others_keep_n_hat(qc_samples, tmp_path):
-    sample = read_spatial_sample(qc_samples / "sample1.qc.h5ad", 8.0)
+    sample = read_qc_sample(qc_samples / "sample1.qc.h5ad", 8.0)
     barcodes = sample.adata.obs_names
     counts = write_counts(tmp_path / "counts.csv", [(barcodes[0], 3), (barcodes[1], 0), (barcodes[2], 12.5),
                                                     ("NOT-A-SPOT-1", 40), (barcodes[3], None)])

@@ -15,13 +15,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
-from conftest import small_reference_adata
 
 from tissuemap.checkpoint import Checkpointing
 from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.interruption import EXIT_INTERRUPTED
-from tissuemap.mapping import fit_mapping, read_signatures, read_spatial_sample, setup_mapping
+from tissuemap.mapping import fit_mapping, read_qc_sample, read_signatures, setup_mapping
 from tissuemap.signatures import estimate_signatures
 
 N_GENES, N_TYPES = 40, 3
@@ -62,7 +61,7 @@ def interrupt_after_saves(monkeypatch, n_saves: int) -> None:
 
 def test_resumed_mapping_fit_equals_uninterrupted(mapping_inputs, tmp_path, monkeypatch):
     spatial, signatures = mapping_inputs
-    setup = setup_mapping([read_spatial_sample(spatial, 5.0)], read_signatures(signatures), min_shared_genes=10)
+    setup = setup_mapping([read_qc_sample(spatial, 5.0)], read_signatures(signatures), min_shared_genes=10)
     uninterrupted = fit_mapping(setup, 30, lr=0.02, seed=3, progress=False)
     checkpoint = Checkpointing(tmp_path / ".tiny.map.ckpt.pt", every=10, resume=True)
     with monkeypatch.context() as patch:
@@ -118,9 +117,9 @@ def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp
 
 
 @pytest.fixture
-def small_reference():
+def small_reference(make_small_reference):
     """60 cells x 30 genes in 3 types and 2 batches."""
-    return small_reference_adata()
+    return make_small_reference()
 
 
 def fit_signatures(adata, seed=0, checkpoint=None):

@@ -13,7 +13,6 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 from click.testing import CliRunner
-from conftest import REAL_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,12 +25,6 @@ from tissuemap.genes import (
     gene_filter_table,
     match_genes,
 )
-
-DATA = REAL_DATA
-LYMPH_NODE = DATA / "reference" / "lymph_node_330cells.h5ad"
-ISLETS = DATA / "reference" / "islets_500cells.h5ad"
-BREAST_H5 = DATA / "visium" / "breast_crop" / "filtered_feature_bc_matrix.h5"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # the rule
@@ -115,9 +108,10 @@ def run_filter_genes(*args: str):
 
 @pytest.mark.parametrize(
     "reference, kept, total, n_types",
-    [(LYMPH_NODE, 8928, 10237, 11), (ISLETS, 6923, 10000, 7)],
+    [("lymph_node_reference", 8928, 10237, 11), ("islets_reference", 6923, 10000, 7)],
 )
-def test_cli_on_the_real_references(tmp_path, reference, kept, total, n_types):
+def test_cli_on_the_real_references(request, tmp_path, reference, kept, total, n_types):
+    reference = request.getfixturevalue(reference)
     result = run_filter_genes("--reference", str(reference), "--labels-key", "cell_type", "--outdir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -137,12 +131,12 @@ def test_cli_on_the_real_references(tmp_path, reference, kept, total, n_types):
     assert (tmp_path / "reference.filter_genes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_thresholds_change_the_selection(tmp_path):
-    result = run_filter_genes("--reference", str(LYMPH_NODE), "--labels-key", "cell_type", "--outdir", str(tmp_path),
+def test_cli_thresholds_change_the_selection(lymph_node_reference, tmp_path):
+    result = run_filter_genes("--reference", str(lymph_node_reference), "--labels-key", "cell_type", "--outdir", str(tmp_path),
                               "--cell-count-cutoff", "15", "--cell-percentage-cutoff2", "0.05")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "reference.filter_genes.json").read_text())
-    expected = gene_filter_table(ad.read_h5ad(LYMPH_NODE), 15, 0.05, 1.12)["keep"].sum()
+    expected = gene_filter_table(ad.read_h5ad(lymph_node_reference), 15, 0.05, 1.12)["keep"].sum()
     assert report["n_genes_kept"] == expected < 8928
 
 
@@ -187,22 +181,22 @@ def test_cli_reads_counts_from_the_layer(tmp_path):
 # gene matching
 
 @pytest.fixture(scope="module")
-def spatial_var() -> pd.DataFrame:
+def spatial_var(real_data) -> pd.DataFrame:
     """Features of a real Visium sample as tissuemap's spatial reader lays them out: Ensembl ids + SYMBOL."""
     with warnings.catch_warnings():  # the panel repeats a few symbols, which scanpy warns about
         warnings.filterwarnings("ignore", "Variable names are not unique")
-        adata = sc.read_10x_h5(BREAST_H5)
+        adata = sc.read_10x_h5(real_data / "visium" / "breast_crop" / "filtered_feature_bc_matrix.h5")
     return pd.DataFrame({"SYMBOL": adata.var_names.to_numpy()}, index=pd.Index(adata.var["gene_ids"].to_numpy()))
 
 
 @pytest.fixture(scope="module")
-def islets_var() -> pd.DataFrame:
-    return ad.read_h5ad(ISLETS).var
+def islets_var(islets_reference) -> pd.DataFrame:
+    return ad.read_h5ad(islets_reference).var
 
 
 @pytest.fixture(scope="module")
-def lymph_node_var() -> pd.DataFrame:
-    return ad.read_h5ad(LYMPH_NODE).var
+def lymph_node_var(lymph_node_reference) -> pd.DataFrame:
+    return ad.read_h5ad(lymph_node_reference).var
 
 
 def test_match_by_ensembl_id_ignores_versions(islets_var, spatial_var):

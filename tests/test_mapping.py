@@ -27,8 +27,8 @@ from tissuemap.mapping import (
     detection_mean,
     fit_mapping,
     map_samples,
+    read_qc_sample,
     read_signatures,
-    read_spatial_sample,
     setup_mapping,
 )
 from tissuemap.models.cell2location import (
@@ -258,7 +258,7 @@ def test_detection_mean_is_the_spec_formula():
 
 
 def small_setup(simulated, sample="sample1"):
-    samples = [read_spatial_sample(simulated / "qc" / f"{sample}.qc.h5ad", 8.0)]
+    samples = [read_qc_sample(simulated / "qc" / f"{sample}.qc.h5ad", 8.0)]
     return setup_mapping(samples, read_signatures(simulated / "data" / "truth" / "profiles.csv"), int(SHARED_GENES))
 
 
@@ -339,12 +339,12 @@ def test_non_integer_counts_and_bad_sample_settings_are_rejected(simulated, tmp_
     adata.X = adata.X * 0.5
     adata.write_h5ad(tmp_path / "halved.qc.h5ad")
     with pytest.raises(InputError, match="non-integer"):
-        read_spatial_sample(tmp_path / "halved.qc.h5ad")
+        read_qc_sample(tmp_path / "halved.qc.h5ad")
     adata = ad.read_h5ad(simulated / "qc" / "sample1.qc.h5ad")
     adata.uns["tissuemap"]["n_cells_per_location"] = -3.0
     adata.write_h5ad(tmp_path / "negative.qc.h5ad")
     with pytest.raises(InputError, match=r"negative.qc.h5ad: uns\['tissuemap'\].*n_cells_per_location"):
-        read_spatial_sample(tmp_path / "negative.qc.h5ad")
+        read_qc_sample(tmp_path / "negative.qc.h5ad")
 
 
 def test_bad_signatures_are_rejected(tmp_path):
@@ -359,12 +359,12 @@ def test_the_mapping_plan_gives_each_sample_its_settings_and_the_fitting_order(s
     plan = {"sample1": {"slide": "A", "n_cells_per_location": 5.0, "detection_alpha": 200.0, "order": 1},
             "sample2": {"slide": "A", "n_cells_per_location": 9.0, "detection_alpha": 20.0, "order": 0}}
     # the plan's values win over the arguments (and the qc file's)
-    sample = read_spatial_sample(spatial[0], 30.0, 1.0, plan)
+    sample = read_qc_sample(spatial[0], 30.0, 1.0, plan)
     assert (sample.n_cells_per_location, sample.detection_alpha, sample.slide) == (5.0, 200.0, "A")
     with pytest.raises(InputError, match=r"sample1.qc.h5ad: sample 'sample1' is not in the mapping plan \(--plan\)"):
-        read_spatial_sample(spatial[0], 30.0, 20.0, {"other": plan["sample1"]})
+        read_qc_sample(spatial[0], 30.0, 20.0, {"other": plan["sample1"]})
     with pytest.raises(InputError, match="no n_cells_per_location for sample 'sample1'; give --n-cells-per-location"):
-        read_spatial_sample(spatial[0], None)
+        read_qc_sample(spatial[0], None)
     # the samples are fitted in the plan's order whatever order they are given in, on the plan's slide
     setup = small_setup(simulated)
     result = map_samples(spatial, simulated / "data" / "truth" / "profiles.csv", n_cells_per_location=None, plan=plan,

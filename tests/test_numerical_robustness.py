@@ -12,8 +12,8 @@ from tissuemap.mapping import (
     SUMMARIES,
     export_mapping,
     fit_mapping,
+    read_qc_sample,
     read_signatures,
-    read_spatial_sample,
     setup_mapping,
 )
 
@@ -44,7 +44,7 @@ def awkward_setup(tmp_path_factory):
     adata.obsm["spatial"] = rng.uniform(0, 100, size=(N_SPOTS, 2))
     adata.write_h5ad(folder / "awkward.qc.h5ad")
     pd.DataFrame(profiles.T, index=genes, columns=[f"type{t}" for t in range(N_TYPES)]).to_csv(folder / "sig.csv")
-    sample = read_spatial_sample(folder / "awkward.qc.h5ad", 4.0)
+    sample = read_qc_sample(folder / "awkward.qc.h5ad", 4.0)
     return setup_mapping([sample], read_signatures(folder / "sig.csv"), min_shared_genes=10)
 
 

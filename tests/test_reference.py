@@ -9,14 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import REAL_DATA
 
 from tissuemap.errors import InputError
 from tissuemap.reference import check_reference, read_reference
-
-REFERENCES = REAL_DATA / "reference"
-LYMPH_NODE = REFERENCES / "lymph_node_330cells.h5ad"
-ISLETS = REFERENCES / "islets_500cells.h5ad"
 
 
 def small_reference(labels=("a",) * 12 + ("b",) * 12, counts=None) -> ad.AnnData:
@@ -41,20 +36,17 @@ def write(adata: ad.AnnData, tmp_path: Path, name: str = "ref.h5ad") -> Path:
     return path
 
 
-def test_lymph_node_reference_is_read_with_string_categories():
-    adata = read_reference(LYMPH_NODE, "cell_type")
+def test_lymph_node_reference_is_read_with_string_categories(lymph_node_reference, lymph_node_types):
+    adata = read_reference(lymph_node_reference, "cell_type")
     assert adata.shape == (330, 10237)
     assert adata.obs["cell_type"].dtype == "category"
-    assert adata.obs["cell_type"].value_counts().to_dict() == {
-        name: 30 for name in
-        ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
-    }
+    assert adata.obs["cell_type"].value_counts().to_dict() == {name: 30 for name in lymph_node_types}
 
 
-def test_too_small_cell_type_is_named_unless_the_check_is_off():
+def test_too_small_cell_type_is_named_unless_the_check_is_off(islets_reference):
     with pytest.raises(InputError, match=r"fewer than 10 cells.*'mesenchymal cell' \(9\)"):
-        read_reference(ISLETS, "cell_type", batch_key="donor_id")
-    adata = read_reference(ISLETS, "cell_type", batch_key="donor_id", min_cells_per_type=None)
+        read_reference(islets_reference, "cell_type", batch_key="donor_id")
+    adata = read_reference(islets_reference, "cell_type", batch_key="donor_id", min_cells_per_type=None)
     assert (adata.obs["cell_type"] == "mesenchymal cell").sum() == 9
     assert adata.obs["donor_id"].dtype == "category"
 

@@ -4,7 +4,6 @@ The inputs are real outputs: `filter-genes` and `signatures --method mean` on th
 few steps of `map` on breast_crop, with some cell types renamed to names that HTML and matplotlib must escape.
 """
 
-import html
 import io
 import json
 import re
@@ -29,80 +28,28 @@ from tissuemap.report.figures import (
 from tissuemap.report.inputs import abundance_table, cell_type_proportions, read_abundance
 
 SAMPLE = "breast"
-LYMPH_NODE_TYPES = ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
-# cell-type names that HTML and matplotlib must show as they are
-RENAMED_TYPES = {"B": "B <naive>", "T_CD4": 'T & "CD4"', "Macrophages": "$mac$"}
-CELL_TYPES = [RENAMED_TYPES.get(name, name) for name in LYMPH_NODE_TYPES]
 MAPPING_STEPS = 3
 
 
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def make_reference_folder(real_data, folder):
-    """``folder`` holding the outputs of filter-genes and signatures (--method mean) on the lymph node reference."""
-    invoke("filter-genes", "--reference", real_data / "reference" / "lymph_node_330cells.h5ad",
-           "--labels-key", "cell_type", "--outdir", folder)
-    invoke("signatures", "--reference", folder / "reference.filtered.h5ad", "--labels-key", "cell_type",
-           "--method", "mean", "--outdir", folder)
-    return folder
-
-
-def make_sample_folder(real_data, reference_folder, folder, sample=SAMPLE):
-    """``folder`` holding the outputs of qc and map (a few steps) for breast_crop, with the reference's signatures
-    under the names of ``CELL_TYPES``."""
-    signatures = pd.read_csv(reference_folder / "signatures.csv", index_col=0).rename(columns=RENAMED_TYPES)
-    signatures.to_csv(folder.parent / f"{folder.name}_signatures.csv")
-    invoke("qc", "--sample", sample, "--input", real_data / "visium" / "breast_crop", "--outdir", folder)
-    mapped = folder.parent / f"{folder.name}_mapped"
-    invoke("map", "--spatial", folder / f"{sample}.qc.h5ad", "--signatures", folder.parent / f"{folder.name}_signatures.csv",
-           "--n-cells-per-location", 30, "--max-epochs", MAPPING_STEPS, "--outdir", mapped)
-    for path in (mapped / sample).iterdir():  # the map step writes into mapped/SAMPLE/
-        path.rename(folder / path.name)
-    return folder
-
-
-def cell_texts(page: str, tag: str = "td") -> set[str]:
-    """The text of every table cell, unescaped."""
-    return {html.unescape(text) for text in re.findall(rf"<{tag}>(.*?)</{tag}>", page)}
-
-
-def image_sources(page: str) -> list[str]:
-    return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
-
-
-def assert_self_contained(page: str) -> None:
-    """Every image inline, no script and nothing fetched from elsewhere."""
-    assert image_sources(page)
-    assert all(source.startswith("data:image/png;base64,") for source in image_sources(page))
-    assert len(re.findall(r"<img\b", page)) == len(image_sources(page))
-    assert "<script" not in page
-    assert not re.search(r"(src|href)=\"(https?:|//)", page)
-    assert "@import" not in page and "url(" not in page
+@pytest.fixture(scope="module")
+def reference_folder(make_reference_folder, tmp_path_factory):
+    return make_reference_folder(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.fixture(scope="module")
-def reference_folder(real_data, tmp_path_factory):
-    return make_reference_folder(real_data, tmp_path_factory.mktemp("reference"))
+def sample_folder(make_sample_folder, reference_folder, tmp_path_factory):
+    return make_sample_folder(reference_folder, tmp_path_factory.mktemp("sample"), SAMPLE, MAPPING_STEPS)
 
 
 @pytest.fixture(scope="module")
-def sample_folder(real_data, reference_folder, tmp_path_factory):
-    return make_sample_folder(real_data, reference_folder, tmp_path_factory.mktemp("sample"))
-
-
-@pytest.fixture(scope="module")
-def sample_page(sample_folder, tmp_path_factory):
+def sample_page(sample_folder, invoke, tmp_path_factory):
     outdir = tmp_path_factory.mktemp("sample_report")
     invoke("report", "sample", "--sample", SAMPLE, "--input-dir", sample_folder, "--outdir", outdir)
     assert [path.name for path in outdir.iterdir()] == [f"{SAMPLE}.report.html"]
     return (outdir / f"{SAMPLE}.report.html").read_text()
 
 
-def test_sample_report_is_self_contained_and_embeds_every_plot(sample_page):
+def test_sample_report_is_self_contained_and_embeds_every_plot(sample_page, assert_self_contained, image_sources):
     assert_self_contained(sample_page)
     # the qc step's 2 plots, the map step's 3 QC plots, and the report's counts-cells-detection maps, abundance,
     # overlay, dominant type and proportions
@@ -129,8 +76,8 @@ def test_overlay_shows_the_most_abundant_types_in_distinct_colours(sample_folder
     assert (np.abs(picture[..., :3] - red).max(axis=-1) < 0.02).any()
 
 
-def test_sample_report_names_every_cell_type_escaped(sample_page):
-    assert set(CELL_TYPES) <= cell_texts(sample_page)
+def test_sample_report_names_every_cell_type_escaped(sample_page, renamed_cell_types, cell_texts):
+    assert set(renamed_cell_types) <= cell_texts(sample_page)
     assert "<naive>" not in sample_page and '"CD4"' not in sample_page
 
 
@@ -171,7 +118,8 @@ def test_proportions_sum_to_one_per_spot_and_empty_spots_stay_empty():
     np.testing.assert_allclose(proportions.to_numpy(), [[0.25, 0.75], [0, 0], [0.75, 0.25]])
 
 
-def test_reference_report_numbers_types_and_plots(reference_folder, tmp_path):
+def test_reference_report_numbers_types_and_plots(reference_folder, invoke, assert_self_contained, image_sources,
+                                                  lymph_node_types, tmp_path):
     invoke("report", "reference", "--input-dir", reference_folder, "--outdir", tmp_path)
     page = (tmp_path / "reference.report.html").read_text()
     assert_self_contained(page)
@@ -179,7 +127,7 @@ def test_reference_report_numbers_types_and_plots(reference_folder, tmp_path):
     assert len(image_sources(page)) == 2
     gene_filter = json.loads((reference_folder / "reference.filter_genes.json").read_text())
     assert f"{gene_filter['n_genes_kept']:,} of {gene_filter['n_genes_in']:,}" in page
-    for name in LYMPH_NODE_TYPES:
+    for name in lymph_node_types:
         assert f"<td>{name}</td><td>30</td>" in page
     # the most specific genes of a type are its known markers
     plasma_row = re.search(r"<tr><td>B_Plasma</td>.*?</tr>", page).group(0)
@@ -195,7 +143,8 @@ def test_reference_report_without_signatures_names_the_step(reference_folder, tm
     assert "reference.signatures_history.json: not found; run `tissuemap signatures` first" in result.output
 
 
-def test_summary_rows_links_and_heat_map(sample_folder, tmp_path):
+def test_summary_rows_links_and_heat_map(sample_folder, invoke, assert_self_contained, image_sources, cell_texts,
+                                         renamed_cell_types, tmp_path):
     results = tmp_path / "results"
     (results / SAMPLE).mkdir(parents=True)
     for path in sample_folder.iterdir():
@@ -210,7 +159,7 @@ def test_summary_rows_links_and_heat_map(sample_folder, tmp_path):
     assert len(image_sources(page)) == 1
     assert f'<a href="{SAMPLE}/{SAMPLE}.report.html">{SAMPLE}</a>' in page
     assert "<td>unmapped</td><td>7</td>" in page and "not mapped" in page
-    assert set(CELL_TYPES) <= cell_texts(page, "th")
+    assert set(renamed_cell_types) <= cell_texts(page, "th")
     assert "Samples: 2, mapped: 1" in page
 
     invoke("report", "summary", "--input-dir", results, "--outdir", tmp_path / "flat",
@@ -236,7 +185,7 @@ def with_history(source, folder, name, update):
 
 
 def test_unfinished_training_is_a_visible_notice_in_every_report(sample_folder, reference_folder, sample_page,
-                                                                  tmp_path):
+                                                                  invoke, tmp_path):
     assert 'class="notice"' not in sample_page  # 3 steps: too few to judge, no notice
     falling = np.linspace(2e6, 1e6, 100)
     results = tmp_path / "results"

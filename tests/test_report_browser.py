@@ -15,8 +15,10 @@ import shutil
 import subprocess
 
 import pytest
-from test_report import SAMPLE, invoke, make_reference_folder, make_sample_folder
 
+# the reports rendered are those of breast_crop, mapped for a few steps, as sample SAMPLE
+SAMPLE = "breast"
+MAPPING_STEPS = 3
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # A headless browser as root in a container: no sandbox, no GPU, and nothing started in the background.
 BROWSER_FLAGS = (
@@ -123,11 +125,11 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reports(real_data, tmp_path_factory):
+def reports(make_reference_folder, make_sample_folder, invoke, tmp_path_factory):
     """The three reports, in the layout of `tissuemap run`."""
     results = tmp_path_factory.mktemp("results")
-    make_reference_folder(real_data, results / "reference")
-    make_sample_folder(real_data, results / "reference", results / SAMPLE)
+    make_reference_folder(results / "reference")
+    make_sample_folder(results / "reference", results / SAMPLE, SAMPLE, MAPPING_STEPS)
     invoke("report", "sample", "--sample", SAMPLE, "--input-dir", results / SAMPLE, "--outdir", results / SAMPLE)
     invoke("report", "reference", "--input-dir", results / "reference", "--outdir", results / "reference")
     invoke("report", "summary", "--input-dir", results, "--outdir", results)

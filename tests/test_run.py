@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_report import assert_self_contained, cell_texts
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.interruption import EXIT_INTERRUPTED
-from tissuemap.runner import RunOptions, Step, _checkpoint_folder, exclusive_use, plan_steps
+from tissuemap.runner import RunOptions, Step, exclusive_use, plan_steps
+from tissuemap.runner.execution import checkpoint_folder
 
 REFERENCE_OPTIONS = RunOptions(reference="ref.h5ad", labels_key="cell_type", n_cells_per_location=30)
 
@@ -128,7 +128,6 @@ def test_cells_per_location_from_the_run_or_else_from_the_samplesheet(three_samp
 
 # --- end to end: breast_crop twice (jointly mapped) with the lymph node reference, a few training steps ---
 
-LYMPH_NODE_TYPES = ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
 SAMPLES = ("breast_a", "breast_b")
 STATS = ("means", "stds", "q05", "q95")
 
@@ -180,21 +179,21 @@ def test_run_writes_the_documented_layout(results):
     assert names(results / "pipeline_info") == ["mapping_plan.csv", "params.json", "steps.json", "versions.json"]
 
 
-def test_signatures_and_abundance_hold_every_cell_type(results):
+def test_signatures_and_abundance_hold_every_cell_type(results, lymph_node_types):
     signatures = pd.read_csv(results / "reference" / "signatures.csv", index_col=0)
-    assert list(signatures.columns) == LYMPH_NODE_TYPES
+    assert list(signatures.columns) == lymph_node_types
     reference = ad.read_h5ad(results / "reference" / "reference.signatures.h5ad")
     assert list(reference.varm["means_per_cluster_mu_fg"].columns) == [
-        f"means_per_cluster_mu_fg_{name}" for name in LYMPH_NODE_TYPES]
-    assert list(reference.uns["mod"]["factor_names"]) == LYMPH_NODE_TYPES
+        f"means_per_cluster_mu_fg_{name}" for name in lymph_node_types]
+    assert list(reference.uns["mod"]["factor_names"]) == lymph_node_types
 
     for sample, n_cells in zip(SAMPLES, (30, 20)):
         adata = ad.read_h5ad(results / sample / f"{sample}.abundance.h5ad")
         assert adata.n_obs == 338
-        assert list(adata.uns["mod"]["factor_names"]) == LYMPH_NODE_TYPES
+        assert list(adata.uns["mod"]["factor_names"]) == lymph_node_types
         for stat in STATS:
             table = adata.obsm[f"{stat}_cell_abundance_w_sf"]
-            assert list(table.columns) == [f"{stat}cell_abundance_w_sf_{name}" for name in LYMPH_NODE_TYPES]
+            assert list(table.columns) == [f"{stat}cell_abundance_w_sf_{name}" for name in lymph_node_types]
             assert (table.to_numpy() >= 0).all()
         assert adata.obsm["spatial"].shape == (338, 2) and "images" in adata.uns["spatial"][sample]
         # the samplesheet's value for breast_b overrides the run's
@@ -202,7 +201,7 @@ def test_signatures_and_abundance_hold_every_cell_type(results):
         assert list(adata.uns["mod"]["samples_fitted_together"]) == list(SAMPLES)
         for label, stat in (("q05", "q05"), ("mean", "means")):
             table = pd.read_csv(results / sample / f"{sample}.cell_abundance_{label}.csv", index_col=0)
-            assert table.shape == (338, 11) and list(table.columns) == LYMPH_NODE_TYPES
+            assert table.shape == (338, 11) and list(table.columns) == lymph_node_types
             assert list(table.index) == list(adata.obs_names)
             np.testing.assert_allclose(table.to_numpy(), adata.obsm[f"{stat}_cell_abundance_w_sf"].to_numpy(),
                                        rtol=1e-5)
@@ -210,10 +209,11 @@ def test_signatures_and_abundance_hold_every_cell_type(results):
 
 @pytest.mark.parametrize("page", ["breast_a/breast_a.report.html", "breast_b/breast_b.report.html",
                                   "reference/reference.report.html", "summary.html"])
-def test_every_report_names_every_cell_type_and_embeds_its_images(results, page):
+def test_every_report_names_every_cell_type_and_embeds_its_images(results, page, lymph_node_types,
+                                                                   assert_self_contained, cell_texts):
     text = (results / page).read_text()
     assert_self_contained(text)
-    assert set(LYMPH_NODE_TYPES) <= cell_texts(text) | cell_texts(text, "th")
+    assert set(lymph_node_types) <= cell_texts(text) | cell_texts(text, "th")
 
 
 def test_summary_links_every_sample_report(results):
@@ -374,11 +374,11 @@ def test_an_interrupted_steps_checkpoint_is_used_only_under_the_reuse_rule(tmp_p
     reused; --force, a rerun earlier step or other inputs start it over."""
     folder = tmp_path / ".checkpoints" / "map-a"
     step = Step("map/a", "a: mapping", ("map",), ("--checkpoint-dir", str(folder), "--resume", "--outdir", "x"))
-    with pytest.raises(RuntimeError), _checkpoint_folder(step, {"x": "1"}, None):
+    with pytest.raises(RuntimeError), checkpoint_folder(step, {"x": "1"}, None):
         (folder / ".a.map.ckpt.pt").write_bytes(b"state")  # an interrupted attempt
         raise RuntimeError
     arguments = {"inputs": {"x": "1"}, "fresh": None, **change}
-    with _checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
+    with checkpoint_folder(step, arguments["inputs"], arguments["fresh"]):
         assert (folder / ".a.map.ckpt.pt").exists() == kept
         (folder / ".a.map.ckpt.pt").unlink(missing_ok=True)  # the step finishes: it deletes its checkpoint
     # nothing is left

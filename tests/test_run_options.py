@@ -30,6 +30,8 @@ NOT_FOR_RUN = {
     "--plan": "the map step's mapping plan: the runner writes it with `tissuemap plan` and passes it on",
     "--cell-counts": "the map step's cell counts files: the runner passes the samplesheet's cell_counts column (checked "
                      "before any step)",
+    "--bin-size": "the qc step's Visium HD bin size: the runner passes the samplesheet's bin_size column (checked "
+                  "before any step)",
 }
 
 
@@ -46,7 +48,7 @@ def options_named_in_messages() -> dict[str, set[str]]:
     """
     named: dict[str, set[str]] = {}
     for path in sorted(filter(in_package, PACKAGE.rglob("*.py"))):
-        builds_commands = path.parent.name == "cli" or path.name == "runner.py"
+        builds_commands = path.parent.name in ("cli", "runner")
         texts = []
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):

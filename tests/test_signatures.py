@@ -11,7 +11,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
-from conftest import small_reference_adata
 
 from tissuemap.cli import main
 from tissuemap.errors import InputError
@@ -57,11 +56,11 @@ def unconfounded(tmp_path_factory):
 
 
 @pytest.fixture
-def small_reference(tmp_path):
+def small_reference(make_small_reference, tmp_path):
     """60 cells x 30 genes of negative binomial counts in 3 types and 2 batches, written as an h5ad; returns a
     function that writes it (optionally altered) and gives the path."""
     def write(alter=None):
-        adata = small_reference_adata()
+        adata = make_small_reference()
         if alter is not None:
             alter(adata)
         path = tmp_path / "small.h5ad"

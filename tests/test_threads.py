@@ -9,9 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tissuemap import mapping, qc, signatures, threads
+from tissuemap import qc, threads
 from tissuemap.cli import main
 from tissuemap.log import counted, logger
+from tissuemap.mapping import step as mapping_step
+from tissuemap.signatures import fit as signatures_fit
 
 
 def write(path, text):
@@ -90,8 +92,8 @@ def test_run_trains_both_steps_with_the_threads_given(real_data, tmp_path, caplo
         monkeypatch.setattr(module, name, changed)
 
     changing_threads(qc, "_spot_metrics")
-    changing_threads(signatures, "cell_groups")
-    changing_threads(mapping, "read_spatial_sample")
+    changing_threads(signatures_fit, "cell_groups")
+    changing_threads(mapping_step, "read_qc_sample")
     results = tmp_path / "results"
     logger.addHandler(caplog.handler)  # the tissuemap logger does not propagate to the root logger caplog watches
     try:

@@ -1,6 +1,6 @@
 """The run's plan: where the signatures come from, which samples are fitted together, and each sample's settings.
 
-Both engines take these decisions here and nowhere else: `tissuemap run` (tissuemap/runner.py) calls
+Both engines take these decisions here and nowhere else: `tissuemap run` (tissuemap/runner/) calls
 :func:`check_signature_source`, :func:`check_cells_per_location` and :func:`mapping_groups` to plan its steps, and
 both it and the Nextflow pipeline run `tissuemap plan` once, before any other step, to write ``mapping_plan.csv``.
 Nextflow forms its mapping tasks from that file's ``group`` column; every map step reads its samples' settings from
@@ -17,6 +17,8 @@ from tissuemap.errors import InputError
 from tissuemap.samplesheet import Sample
 
 MAPPING_MODES = ("per-sample", "joint", "slide")
+# each sample fitted alone, unless `--mapping-mode` says otherwise
+DEFAULT_MAPPING_MODE = "per-sample"
 PLAN_FILE = "mapping_plan.csv"
 PLAN_COLUMNS = ("group", "sample", "slide", "n_cells_per_location", "detection_alpha")
 

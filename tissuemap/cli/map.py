@@ -8,11 +8,13 @@ import click
 
 from tissuemap.cli.options import checkpoint_options, early_stopping_options, threads_option
 from tissuemap.defaults import (
+    MAPPING_CHECKPOINT_EVERY,
     MAPPING_DETECTION_ALPHA,
     MAPPING_LR,
     MAPPING_MAX_EPOCHS,
     MAPPING_MIN_SHARED_GENES,
     MAPPING_SEED,
+    TRAINING_DEVICE,
 )
 from tissuemap.models.device import DEVICE_CHOICES
 
@@ -44,7 +46,7 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Training steps, each on all the data (at most, with --early-stopping).")
 @early_stopping_options
 @click.option("--lr", default=MAPPING_LR, show_default=True, type=POSITIVE, help="Adam learning rate.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICE_CHOICES),
+@click.option("--device", default=TRAINING_DEVICE, show_default=True, type=click.Choice(DEVICE_CHOICES),
               help="Where to train: auto takes a CUDA GPU when there is one.")
 @click.option("--seed", default=MAPPING_SEED, show_default=True, type=int,
               help="Random seed: same seed, input and device give the same numbers.")
@@ -57,7 +59,7 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Also write NAME/NAME.zarr, a SpatialData store: the abundance table, the H&E images and the spots "
               "as circles, in full-resolution pixels (needs pip install 'tissuemap[spatialdata]').")
 @threads_option
-@checkpoint_options(1000, "steps", ".NAME.map.ckpt.pt")
+@checkpoint_options(MAPPING_CHECKPOINT_EVERY, "steps", ".NAME.map.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def map_command(
     spatial: tuple[Path, ...],

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tissuemap.defaults import MAPPING_DETECTION_ALPHA
-from tissuemap.plan import MAPPING_MODES
+from tissuemap.plan import DEFAULT_MAPPING_MODE, MAPPING_MODES
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -15,7 +15,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.command()
 @click.option("--input", "samplesheet", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Samplesheet CSV (see README).")
-@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=MAPPING_MODES[0], show_default=True,
+@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=DEFAULT_MAPPING_MODE, show_default=True,
               help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
                    "'slide') together.")
 @click.option("--n-cells-per-location", type=POSITIVE, default=None,

@@ -7,7 +7,7 @@ import click
 from tissuemap import defaults
 from tissuemap.cli.options import early_stopping_options, layer_option, threads_option
 from tissuemap.models.device import DEVICE_CHOICES
-from tissuemap.plan import MAPPING_MODES
+from tissuemap.plan import DEFAULT_MAPPING_MODE, MAPPING_MODES
 from tissuemap.qc import DEFAULT_MIN_COUNTS
 
 FILE = click.Path(dir_okay=False)
@@ -68,10 +68,10 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--spatialdata", is_flag=True, default=False,
               help="Mapping: also write each sample's NAME/NAME.zarr, a SpatialData store (needs pip install "
                    "'tissuemap[spatialdata]').")
-@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=MAPPING_MODES[0], show_default=True,
+@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=DEFAULT_MAPPING_MODE, show_default=True,
               help="Fit each sample alone, all samples together, or the samples of each slide (samplesheet column "
                    "'slide') together.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=defaults.TRAINING_DEVICE, show_default=True,
               help="Where to train: auto takes a CUDA GPU when there is one.")
 @click.option("--seed", type=int, default=defaults.MAPPING_SEED, show_default=True,
               help="Random seed of both training steps.")
@@ -91,6 +91,7 @@ def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     inputs, and continues a training step stopped by SIGTERM or Ctrl-C (exit code 75) from its checkpoint. One run
     at a time may write into a folder.
     """
+    from tissuemap.cli import main
     from tissuemap.runner import RunOptions, plan_steps, run_steps
     from tissuemap.threads import resolve_threads, use_threads
 
@@ -99,4 +100,4 @@ def run(samplesheet: str, outdir: str, force: bool, **options) -> None:
     run_options = RunOptions(**options)
     steps = plan_steps(samplesheet, run_options, outdir, check_files=True)
     parameters = {"input": samplesheet, "outdir": outdir, "force": force, **options}
-    run_steps(steps, outdir, parameters, force=force)
+    run_steps(steps, main, outdir, parameters, force=force)

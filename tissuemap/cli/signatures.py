@@ -9,12 +9,14 @@ import click
 from tissuemap.cli.options import checkpoint_options, layer_option, threads_option
 from tissuemap.defaults import (
     SIGNATURES_BATCH_SIZE,
+    SIGNATURES_CHECKPOINT_EVERY,
     SIGNATURES_LR,
     SIGNATURES_MAX_EPOCHS,
     SIGNATURES_METHOD,
     SIGNATURES_METHODS,
     SIGNATURES_MIN_CELLS_PER_TYPE,
     SIGNATURES_SEED,
+    TRAINING_DEVICE,
 )
 from tissuemap.models.device import DEVICE_CHOICES
 
@@ -43,7 +45,7 @@ def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--max-epochs", default=SIGNATURES_MAX_EPOCHS, show_default=True, type=int, help="Passes over the cells.")
 @click.option("--batch-size", default=SIGNATURES_BATCH_SIZE, show_default=True, type=int, help="Cells per minibatch.")
 @click.option("--lr", default=SIGNATURES_LR, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=TRAINING_DEVICE, show_default=True,
               help="Where to train: auto takes a CUDA GPU when there is one.")
 @click.option("--seed", default=SIGNATURES_SEED, show_default=True, type=int,
               help="Random seed: the same seed, reference and device give the same signatures.")
@@ -52,7 +54,7 @@ def _split_keys(ctx, param, value: str) -> tuple[str, ...]:
               help="Cell types with fewer cells are an error (merge or remove them, or lower this).")
 @layer_option
 @threads_option
-@checkpoint_options(25, "epochs", ".reference.signatures.ckpt.pt")
+@checkpoint_options(SIGNATURES_CHECKPOINT_EVERY, "epochs", f".{OUTPUT_PREFIX}.signatures.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def signatures(
     reference_path: Path,

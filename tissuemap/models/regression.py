@@ -4,15 +4,15 @@ Counts of cell c and gene g are negative binomial around
 
     mean_cg = (mu_fg[f(c)] + s_eg[e(c)]) * y_e[e(c)] * T_cg,        T_cg = sum over covariates k of t_lg[level_k(c)]
 
-with per-type signatures ``mu_fg``, per-batch detection ``y_e``, per-batch ambient RNA ``s_eg`` (hyper-priors ``a``,
-``m_e``, ``u_e``), per-covariate-level gene effects ``t_lg`` and per-gene overdispersion ``v_g`` (alpha_g = 1/v_g²,
-hyper-prior ``phi``). Every variable is global: there are no per-cell latent variables, so minibatches of cells
-give an unbiased estimate of the whole reference's likelihood.
+with per-type signatures ``mu_fg``, per-batch detection ``y_e``, per-batch additive background (ambient RNA)
+``s_eg`` (hyper-priors ``a``, ``m_e``, ``u_e``), per-covariate-level gene effects ``t_lg`` and per-gene
+overdispersion ``v_g`` (alpha_g = 1/v_g², hyper-prior ``phi``). Every variable is global: there are no per-cell
+latent variables, so minibatches of cells give an unbiased estimate of the whole reference's likelihood.
 
 Cells of one *group* (same type, batch and covariate levels) share their mean, so the mean and its logarithms are
 computed per group (a few hundred rows) rather than per cell (thousands). What is left per count, log Γ(x + α), is
-summed without a transcendental function per count: Σ_c log Γ(x_cg + α_g) − log Γ(α_g) = Σ_j #(x_cg > j) log(α_g + j)
-from a per-gene histogram of the minibatch's counts, the rare counts above :data:`HISTOGRAM_MAX_COUNT` one by one.
+summed from a per-gene histogram of the minibatch's counts (:mod:`tissuemap.models.negative_binomial`), the rare
+counts above :data:`HISTOGRAM_MAX_COUNT` one by one.
 
 Reading AnnData, training and export live in :mod:`tissuemap.signatures`.
 """
@@ -31,33 +31,33 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
+from tissuemap.models.negative_binomial import (
+    HISTOGRAM_MAX_COUNT,
+    NegativeBinomialPriors,
+    count_steps,
+    exceedance_table,
+    histogram_log_gamma_terms,
+    large_count_log_gamma_terms,
+)
 from tissuemap.models.posterior import lognormal_summaries
 
 # Added to each type's average count to initialise mu_fg away from zero (a type may not express a gene at all).
 SIGNATURE_INIT_OFFSET = 1e-4
 # Standard deviation of every site's guide in log space at the start (AutoNormal's init_scale).
 GUIDE_INIT_SCALE = 0.1
-# Counts up to this value enter Σ log Γ(x+α) through the minibatch's per-gene histogram (a table of this many rows
-# per step); larger counts, about 1% of non-zero ones in scRNA-seq, are listed per cell (CellCountTerms).
-HISTOGRAM_MAX_COUNT = 64
 
 
 @dataclass(frozen=True)
-class RegressionPriors:
-    """Hyper-parameters of the regression: the cell2location package's defaults. Gamma(shape, rate) throughout."""
+class RegressionPriors(NegativeBinomialPriors):
+    """Hyper-parameters of the regression: the cell2location package's defaults. Gamma(shape, rate) throughout.
+    The background s_eg (ambient RNA here) and overdispersion v_g hyper-priors are the shared ones."""
 
     signature_shape: float = 1.0  # mu_fg ~ Gamma(1, 1)
     signature_rate: float = 1.0
     detection_shape: float = 1.0  # y_e ~ Gamma(1, 1)
     detection_rate: float = 1.0
-    ambient_alpha_shape: float = 9.0  # a ~ Gamma(9, 3); u_e ~ Exponential(a)
-    ambient_alpha_rate: float = 3.0
-    ambient_mean_shape: float = 1.0  # m_e ~ Gamma(1, 100), the mean of s_eg
-    ambient_mean_rate: float = 100.0
     technical_shape: float = 200.0  # t_lg ~ Gamma(200, 200 / 1): tightly around 1
     technical_mean: float = 1.0
-    overdispersion_shape: float = 9.0  # phi ~ Gamma(9, 3); v_g ~ Exponential(phi)
-    overdispersion_rate: float = 3.0
 
 
 class CellCountTerms(NamedTuple):
@@ -165,12 +165,10 @@ class GroupedNegativeBinomial(TorchDistribution):
         histogram = value.new_zeros(K + 1, value.shape[-1]).scatter_add_(
             0, value.clamp(max=K).long(), value.new_ones(()).expand_as(value)
         )
-        exceedance = histogram[1:].flip(0).cumsum(0).flip(0)  # row j: cells with x > j
-        steps = torch.arange(K, dtype=value.dtype, device=value.device).unsqueeze(1)
-        per_count = (exceedance * torch.log(alpha + steps)).sum()
+        exceedance = exceedance_table(histogram[1:], 0)  # row j: cells with x > j
+        per_count = histogram_log_gamma_terms(exceedance, alpha, count_steps(K, value))
         terms = self.count_terms
-        large_alpha = alpha[0, terms.large_genes]
-        per_count = per_count + (torch.lgamma(terms.large_values + large_alpha) - torch.lgamma(K + large_alpha)).sum()
+        per_count = per_count + large_count_log_gamma_terms(terms.large_values, alpha[0, terms.large_genes], K)
         per_gene = n_cells * (alpha * torch.log(alpha)).sum()
         return per_count + per_group + per_gene - terms.log_factorial.sum()
 
@@ -186,7 +184,7 @@ def expected_counts(mu_fg, y_e, s_eg, t_lg, type_ids, batch_ids, level_ids):
     y_e
         Detection, batches × 1.
     s_eg
-        Ambient RNA, batches × genes.
+        Additive background (ambient RNA), batches × genes.
     t_lg
         Gene effects of covariate levels, levels × genes; ``None`` without covariates.
     type_ids, batch_ids
@@ -262,13 +260,13 @@ class RegressionModule(torch.nn.Module):
         )
         y_e = pyro.sample("y_e", dist.Gamma(self.detection_shape, self.detection_rate).expand([E, 1]).to_event(2))
 
-        a = pyro.sample("a", dist.Gamma(self.ambient_alpha_shape, self.ambient_alpha_rate))
+        a = pyro.sample("a", dist.Gamma(self.background_a_shape, self.background_a_rate))
         m_e = pyro.sample(
-            "m_e", dist.Gamma(self.ambient_mean_shape, self.ambient_mean_rate).expand([E, 1]).to_event(2)
+            "m_e", dist.Gamma(self.background_mean_shape, self.background_mean_rate).expand([E, 1]).to_event(2)
         )
         u_e = pyro.sample("u_e", dist.Exponential(a).expand([E, 1]).to_event(2))
-        ambient_shape = u_e.square().reciprocal()  # E × 1; s_eg has mean m_e and CV u_e
-        s_eg = pyro.sample("s_eg", dist.Gamma(ambient_shape, ambient_shape / m_e).expand([E, G]).to_event(2))
+        background_shape = u_e.square().reciprocal()  # E × 1; s_eg has mean m_e and CV u_e
+        s_eg = pyro.sample("s_eg", dist.Gamma(background_shape, background_shape / m_e).expand([E, G]).to_event(2))
 
         t_lg = None
         if L:
@@ -277,7 +275,7 @@ class RegressionModule(torch.nn.Module):
                 dist.Gamma(self.technical_shape, self.technical_shape / self.technical_mean).expand([L, G]).to_event(2),
             )
 
-        phi = pyro.sample("phi", dist.Gamma(self.overdispersion_shape, self.overdispersion_rate))
+        phi = pyro.sample("phi", dist.Gamma(self.phi_shape, self.phi_rate))
         v_g = pyro.sample("v_g", dist.Exponential(phi).expand([1, G]).to_event(2))
         alpha_g = v_g.square().reciprocal()  # 1 × G
 
@@ -301,9 +299,9 @@ class RegressionModule(torch.nn.Module):
         def full(shape, value):
             return torch.full(shape, float(value), device=device)
 
-        a = p.ambient_alpha_shape / p.ambient_alpha_rate
-        m_e = p.ambient_mean_shape / p.ambient_mean_rate
-        phi = p.overdispersion_shape / p.overdispersion_rate
+        a = p.background_a_shape / p.background_a_rate
+        m_e = p.background_mean_shape / p.background_mean_rate
+        phi = p.phi_shape / p.phi_rate
         values = {
             "mu_fg": type_average_counts.float() + SIGNATURE_INIT_OFFSET,
             "y_e": full((self.n_batches, 1), p.detection_shape / p.detection_rate),

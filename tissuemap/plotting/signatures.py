@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,21 +34,27 @@ def plot_signatures_vs_average(signatures, averages, path: str | os.PathLike, ti
                          xlabel="average count in the type's cells", ylabel="signature (posterior mean)")
 
 
-def plot_signature_qc(adata, record: dict, folder: str | os.PathLike, prefix: str = "reference", seed: int = 0) -> None:
+def plot_signature_qc(adata, record: dict, folder: str | os.PathLike, prefix: str = "reference", *,
+                      signatures, expected_counts: Callable[[np.ndarray], np.ndarray], averages=None,
+                      seed: int = 0) -> None:
     """Write the QC plots of :func:`tissuemap.signatures.estimate_signatures`'s result into ``folder``.
 
     ``{prefix}.signatures_obs_vs_expected.png`` always (a random subset of cells, seeded by ``seed``, when the
     reference has more than ``MAX_HISTOGRAM_ENTRIES`` counts); for ``method="nb"`` also
     ``{prefix}.signatures_elbo.png`` and ``{prefix}.signatures_vs_average.png`` (the ``mean`` method has no training
     and its signatures are the averages).
+
+    Parameters
+    ----------
+    signatures
+        Genes × types table of the posterior mean signatures.
+    expected_counts
+        ``expected_counts(cells)``: cells × genes counts of the reference cells ``cells`` (positions) expected under
+        the signatures.
+    averages
+        Genes × types average counts of each type's cells (for ``nb``).
     """
     import scipy.sparse as sp
-
-    from tissuemap.signatures import (
-        expected_reference_counts,
-        signature_table,
-        type_average_counts,
-    )
 
     folder = Path(folder)
     method = record["method"]
@@ -56,7 +63,7 @@ def plot_signature_qc(adata, record: dict, folder: str | os.PathLike, prefix: st
     observed = adata.X[cells]
     plot_observed_vs_expected(
         observed.toarray() if sp.issparse(observed) else observed,
-        expected_reference_counts(adata, cells),
+        expected_counts(cells),
         folder / f"{prefix}.signatures_obs_vs_expected.png",
         f"{prefix}: observed vs expected counts ({method}, {n_shown} cells)",
     )
@@ -64,9 +71,5 @@ def plot_signature_qc(adata, record: dict, folder: str | os.PathLike, prefix: st
         return
     plot_elbo_history({"-ELBO": record["elbo"]}, folder / f"{prefix}.signatures_elbo.png",
                       f"{prefix}: signature regression, {record['epochs']} epochs on {record['device']}")
-    signatures = signature_table(adata)
-    labels = adata.obs[record["settings"]["labels_key"]].astype(str)
-    type_ids = signatures.columns.get_indexer(labels)
-    averages = type_average_counts(sp.csr_matrix(adata.X), type_ids, signatures.shape[1]).T
     plot_signatures_vs_average(signatures.to_numpy(), averages, folder / f"{prefix}.signatures_vs_average.png",
                                f"{prefix}: signatures vs per-type averages ({signatures.shape[1]} types)")

@@ -1,0 +1,157 @@
+"""The mapping's posterior exported: exact log-normal summaries of every site under the trained guide, each sample's
+AnnData in the cell2location package's naming, its expected counts and the counts split among cell types."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tissuemap.mapping.data import SpatialSample
+from tissuemap.mapping.fit import MappingFit
+from tissuemap.mapping.setup import MappingSetup
+
+SUMMARIES = ("means", "stds", "q05", "q95")
+
+
+def mapping_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
+    """``means``, ``stds``, ``q05`` and ``q95`` of every site under the trained guide, exact (log-normal), as numpy
+    arrays of the sites' shapes: ``summaries[k][site]``."""
+    from tissuemap.models.cell2location import SiteLayout, guide_scale
+    from tissuemap.models.posterior import lognormal_summaries
+
+    layout = SiteLayout.for_data(setup.data, setup.priors)
+    loc, raw_scale = fit.guide_parameters.double()
+    flat = lognormal_summaries(loc, guide_scale(raw_scale))
+    return {k: {site: value.cpu().numpy() for site, value in layout.split(flat[k]).items()} for k in SUMMARIES}
+
+
+def _sample_sites(setup: MappingSetup, summary: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """One summary of every site restricted to a sample: its locations' rows and its batch's row."""
+    from tissuemap.models.cell2location import BATCH_SITES, LOCATION_SITES
+
+    rows, batch = setup.rows[name], setup.sample_batch[name]
+    return {
+        site: values[rows] if site in LOCATION_SITES else values[batch: batch + 1] if site in BATCH_SITES else values
+        for site, values in summary.items()
+    }
+
+
+def _scaled_signatures(setup: MappingSetup, means: dict[str, np.ndarray]) -> np.ndarray:
+    """(F, G) g_fg · E[m_g]: expected molecules per cell of each type at detection 1."""
+    return setup.data.signatures.double().cpu().numpy() * means["m_g"]
+
+
+def expected_spot_counts(setup: MappingSetup, means: dict[str, np.ndarray], name: str, rows: np.ndarray) -> np.ndarray:
+    """Posterior mean of μ_sg for the given rows (positions within sample ``name``): exact under the mean-field guide,
+    where the sites are independent and the mean of the product is the product of the means."""
+    sample_rows = np.arange(setup.rows[name].start, setup.rows[name].stop)[rows]
+    batch = setup.sample_batch[name]
+    cell_part = means["w_sf"][sample_rows] @ _scaled_signatures(setup, means)
+    return (cell_part + means["s_eg"][batch]) * means["y_s"][sample_rows]
+
+
+def expected_expression_layers(counts, w_means: np.ndarray, scaled_signatures: np.ndarray, background: np.ndarray,
+                               cell_types: list[str]) -> dict[str, sp.csr_matrix]:
+    """Split every observed count among the cell types (spec §3): type f gets the share
+    ``w_sf g_fg m_g / (Σ_f' w_sf' g_f'g m_g + s_eg)`` of x_sg. Returns one sparse layer per type (zeros stay zero).
+
+    Parameters
+    ----------
+    counts
+        ``(S, G)`` observed counts of one sample (sparse or dense).
+    w_means, scaled_signatures, background
+        ``(S, F)`` E[w_sf], ``(F, G)`` g_fg E[m_g] and ``(G,)`` E[s_eg] of the sample's batch.
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    counts.sort_indices()
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    genes = counts.indices
+    # Σ_f w_sf g_fg m_g + s_g at the non-zero entries, a block of spots at a time (bounded memory)
+    denominator = np.empty(counts.nnz)
+    block = max(1, (1 << 22) // max(1, counts.shape[1]))
+    for start in range(0, counts.shape[0], block):
+        first, last = counts.indptr[start], counts.indptr[min(start + block, counts.shape[0])]
+        dense = w_means[start: start + block] @ scaled_signatures + background
+        denominator[first:last] = dense[rows[first:last] - start, genes[first:last]]
+    share = counts.data / denominator
+    layers = {}
+    for f, cell_type in enumerate(cell_types):
+        values = (share * w_means[rows, f] * scaled_signatures[f, genes]).astype(np.float32)
+        layers[cell_type] = sp.csr_matrix((values, genes.copy(), counts.indptr.copy()), shape=counts.shape)
+    return layers
+
+
+def _settings(setup: MappingSetup, fit: MappingFit, sample: SpatialSample) -> dict:
+    """What the fit was run with, for ``uns['mod']`` (h5ad-storable: no None)."""
+    return {
+        "model_name": "cell2location (tissuemap, Pyro)",
+        "n_cells_per_location": sample.n_cells_per_location,
+        "cell_counts": sample.cell_counts_path,
+        "detection_alpha": sample.detection_alpha,
+        "detection_mean": float(setup.data.detection_mean),
+        "batch": sample.slide,
+        "batch_names": list(setup.batch_names),
+        "samples_fitted_together": [s.name for s in setup.samples],
+        "genes_matched_by": setup.gene_match.key,
+        "max_epochs": fit.steps,
+        "lr": fit.lr,
+        "seed": fit.seed,
+        "device": fit.device,
+        "priors": asdict(setup.priors),
+    }
+
+
+def export_mapping(
+    setup: MappingSetup,
+    fit: MappingFit,
+    expected_expression: bool = False,
+    summaries: dict | None = None,
+) -> dict:
+    """Each sample's posterior in an AnnData, named as the cell2location package names it.
+
+    Every returned AnnData is its sample subset to the shared genes (raw counts in ``X``) with:
+
+    - ``obsm['{k}_cell_abundance_w_sf']`` for k in means, stds, q05, q95: spots × cell types, columns
+      ``{k}cell_abundance_w_sf_{celltype}``;
+    - ``obs['detection_sensitivity']`` (posterior mean of y_s) and ``obs['total_cell_abundance']`` (Σ_f E[w_sf]);
+    - ``uns['mod']``: ``factor_names`` (cell types), ``var_names``, ``obs_names``, ``post_sample_{k}`` (every site's
+      summary restricted to the sample; ``post_sample_means`` also holds ``u_sf``, the expected mRNA molecules of each
+      type per spot) and the settings of the fit;
+    - with ``expected_expression``, one sparse layer per cell type: the counts split among types (spec §3).
+
+    Returns
+    -------
+    Sample name -> AnnData.
+    """
+    summaries = summaries if summaries is not None else mapping_summaries(setup, fit)
+    results = {}
+    for sample in setup.samples:
+        adata = sample.adata[:, setup.genes].copy()
+        sites = {k: _sample_sites(setup, summaries[k], sample.name) for k in SUMMARIES}
+        for k in SUMMARIES:
+            columns = [f"{k}cell_abundance_w_sf_{cell_type}" for cell_type in setup.cell_types]
+            adata.obsm[f"{k}_cell_abundance_w_sf"] = pd.DataFrame(sites[k]["w_sf"], adata.obs_names, columns)
+        means = sites["means"]
+        scaled = _scaled_signatures(setup, summaries["means"])
+        means["u_sf"] = means["w_sf"] * scaled.sum(axis=1)
+        adata.obs["detection_sensitivity"] = means["y_s"][:, 0]
+        adata.obs["total_cell_abundance"] = means["w_sf"].sum(axis=1)
+        adata.obs["n_cells_prior"] = sample.spot_cells_prior()  # N̂ of every spot: the prior mean of its cells
+        adata.uns["mod"] = {
+            "factor_names": list(setup.cell_types),
+            "var_names": list(setup.genes),
+            "obs_names": list(adata.obs_names),
+            **{f"post_sample_{k}": sites[k] for k in SUMMARIES},
+            **_settings(setup, fit, sample),
+        }
+        if expected_expression:
+            layers = expected_expression_layers(adata.X, means["w_sf"], scaled, means["s_eg"][0], setup.cell_types)
+            for cell_type, layer in layers.items():
+                adata.layers[cell_type] = layer
+        results[sample.name] = adata
+    return results
+
+
