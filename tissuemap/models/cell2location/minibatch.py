@@ -5,11 +5,17 @@ All samples form one joint model:
 
 - the *global* sites (m̄, u_m, m_g, k_r, x_rf, y_e, a, m_e, u_e, s_eg, φ, v_eg) are shared: their prior and guide
   terms enter every step exactly;
-- the *local* sites of a location (:data:`LOCAL_SITES`: n_s, b_s, z_sr, w_sf, y_s) enter only when the location is
-  in the batch: their prior and guide terms and the μ-dependent likelihood terms of the batch's counts are scaled by
-  S/N (S locations in all, N in the batch), so that the loss is an unbiased estimate of the full-data loss;
-- the likelihood terms that depend on the global α_eg and the data only (``Σ α log α``, ``Σ log Γ(x+α) − log Γ(α)``)
-  are computed exactly, every step, from full-data tables (E × K × G, see :func:`count_tables`): no noise from them.
+- the *local* sites of a location (:data:`~.sites.LOCATION_SITES`: n_s, b_s, z_sr, w_sf, y_s) enter only when the
+  location is in the batch: their prior and guide terms and the whole likelihood of the batch's counts are scaled by
+  S/N (S locations in all, N in the batch), so that the loss is an unbiased estimate of the full-data loss.
+
+The batch's likelihood is written as in :mod:`.stable_likelihood`, without the large, nearly cancelling terms of
+the full-data form. Its terms that involve only α_eg and the counts (the count histogram's) are estimated from the
+batch too, not computed exactly from the full data: for a large α they cancel, spot by spot, most of a μ-dependent
+term, and apart they do not cancel within a batch, whose share of each slide's spots varies. Measured on 2 × 2,000
+simulated spots (benchmarks/RESULTS.md, "Minibatch mapping"): with exact full-data terms the loss estimate swung by
+up to 1e18 after ~200 epochs; with the full-data form estimated from the batch, the fit learned to exploit float32
+rounding at large α (the loss fell to half the full-data fit's while the guides of some α widened to σ > 4).
 
 Over an epoch (a partition of the locations into batches), the batches' losses and gradients weighted by N_b/S sum to
 the full-data ones for the same guide noise; with equal batch sizes that is their mean (``tests/test_minibatch.py``).
@@ -24,30 +30,34 @@ sites as a ``(2, S, L)`` table with one row of L values per location (``L = 3 + 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
-from tissuemap.models.cell2location import (
+from tissuemap.models.cell2location.objective import (
     CPU_BLOCK_ENTRIES,
     GPU_BLOCK_ENTRIES,
     HALF_LOG_2PI,
-    MAX_HISTOGRAM_COUNT,
-    SITE_NAMES,
     CountBlock,
+)
+from tissuemap.models.cell2location.sites import (
+    LOCATION_SITES,
+    SITE_NAMES,
+    SITES,
     MappingData,
-    MappingObjective,
     MappingPriors,
     SiteLayout,
-    _NegativeBinomialMeanTerms,
     guide_scale,
 )
-
-# Sites with one value (or one row) per location, in model order; every other site is global.
-LOCAL_SITES = ("n_s", "b_s", "z_sr", "w_sf", "y_s")
+from tissuemap.models.cell2location.stable_likelihood import StableMeanTerms, count_terms
+from tissuemap.models.negative_binomial import (
+    HISTOGRAM_MAX_COUNT,
+    count_steps,
+    exceedance_table,
+)
 
 
 class SplitLayout:
@@ -56,14 +66,14 @@ class SplitLayout:
     def __init__(self, layout: SiteLayout):
         self.layout = layout
         self.n_locations = layout.shapes["n_s"][0]
-        self.global_names = tuple(name for name in SITE_NAMES if name not in LOCAL_SITES)
+        self.global_names = tuple(name for name in SITE_NAMES if name not in LOCATION_SITES)
         self.global_offsets, offset = {}, 0
         for name in self.global_names:
             self.global_offsets[name] = offset
             offset += math.prod(layout.shapes[name])
         self.global_size = offset
         self.local_columns, column = {}, 0
-        for name in LOCAL_SITES:
+        for name in LOCATION_SITES:
             width = layout.shapes[name][1]
             self.local_columns[name] = slice(column, column + width)
             column += width
@@ -73,7 +83,7 @@ class SplitLayout:
         """``(..., P)`` -> global ``(..., P_global)`` and local ``(..., S, L)``."""
         sites, lead = self.layout.split(flat), flat.shape[:-1]
         global_part = torch.cat([sites[name].reshape(*lead, -1) for name in self.global_names], -1)
-        return global_part, torch.cat([sites[name] for name in LOCAL_SITES], -1)
+        return global_part, torch.cat([sites[name] for name in LOCATION_SITES], -1)
 
     def join(self, global_part: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split` for ``(2, ...)`` parameters: the ``(2, P)`` tensor in :class:`SiteLayout` order."""
@@ -101,38 +111,44 @@ def csr_counts(indptr, indices, values, shape: tuple[int, int], device=None) -> 
                                        check_invariants=False)  # scipy built it: valid
 
 
+def as_csr(counts: torch.Tensor) -> torch.Tensor:
+    """``counts`` as a torch sparse CSR tensor (dense counts converted, on their device)."""
+    if counts.layout == torch.sparse_csr:
+        return counts
+    rows, genes = counts.nonzero(as_tuple=True)
+    indptr = torch.nn.functional.pad(torch.bincount(rows, minlength=counts.shape[0]).cumsum(0), (1, 0))
+    return csr_counts(indptr, genes, counts[rows, genes], tuple(counts.shape), counts.device)
+
+
+def histogram_cutoff(values: torch.Tensor, n_batches: int, n_genes: int) -> int:
+    """K, as :class:`~.objective.MappingObjective` chooses it: the smallest count value (1 to
+    ``HISTOGRAM_MAX_COUNT``) exceeded by at most E·G of the non-zero counts ``values`` (zeros never exceed it)."""
+    top = HISTOGRAM_MAX_COUNT + 1
+    frequency = torch.bincount(values.clamp(max=top).long(), minlength=top + 1)
+    exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
+    allowed = n_batches * n_genes
+    return next((k for k in range(1, HISTOGRAM_MAX_COUNT) if exceeding[k] <= allowed), HISTOGRAM_MAX_COUNT)
+
+
 @dataclass(frozen=True)
 class CountTables:
-    """What the likelihood needs of the full data beyond the μ-dependent terms (see :func:`count_tables`)."""
+    """What ``Σ log Γ(x+α) − log Γ(α)`` needs of some counts (see :func:`count_tables`)."""
 
-    cutoff: int  # K: counts up to K enter Σ log Γ(x+α) through the histogram
-    exceedance: torch.Tensor  # (E, K, G): locations of slide e with x_sg > j
-    count_steps: torch.Tensor  # (1, K, 1): j = 0 .. K-1
+    exceedance: torch.Tensor  # (E, K, G): counts of slide e and gene g above j
     large_values: torch.Tensor  # counts above K, one by one, with their slide and gene
     large_batch: torch.Tensor
     large_gene: torch.Tensor
-    log_factorial_total: float  # Σ log Γ(x+1), the constant left out of the loss
 
 
-def count_tables(values: torch.Tensor, genes: torch.Tensor, slides: torch.Tensor, n_batches: int,
-                 n_genes: int) -> CountTables:
-    """Histogram tables of the non-zero counts ``values`` (with each one's gene and slide), as
-    :class:`MappingObjective` builds them from dense counts: the same cutoff K (the smallest count value, 1 to
-    ``MAX_HISTOGRAM_COUNT``, exceeded by at most E·G entries; zeros never exceed it) and the same tables."""
-    E, G = n_batches, n_genes
-    top = MAX_HISTOGRAM_COUNT + 1
-    frequency = torch.bincount(values.clamp(max=top).long(), minlength=top + 1)
-    exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
-    K = next((k for k in range(1, MAX_HISTOGRAM_COUNT) if exceeding[k] <= E * G), MAX_HISTOGRAM_COUNT)
+def count_tables(values: torch.Tensor, genes: torch.Tensor, slides: torch.Tensor, n_batches: int, n_genes: int,
+                 cutoff: int) -> CountTables:
+    """The histogram tables of the non-zero counts ``values`` (each with its gene and slide) for the cutoff K, as
+    :class:`~.objective.MappingObjective` builds them from dense counts."""
+    E, G, K = n_batches, n_genes, cutoff
     histogram = torch.bincount((slides * K + values.clamp(max=K).long() - 1) * G + genes, minlength=E * K * G)
     large = values > K
-    return CountTables(
-        cutoff=K,
-        exceedance=histogram.reshape(E, K, G).flip(1).cumsum(1).flip(1).to(values.dtype),
-        count_steps=torch.arange(K, dtype=values.dtype, device=values.device).reshape(1, K, 1),
-        large_values=values[large], large_batch=slides[large], large_gene=genes[large],
-        log_factorial_total=float(torch.lgamma(values.double() + 1).sum()),
-    )
+    return CountTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype), values[large],
+                       slides[large], genes[large])
 
 
 @dataclass(frozen=True)
@@ -143,7 +159,8 @@ class Batch:
     ids: torch.Tensor  # (N,) location indices, ascending
     slides: torch.Tensor  # (N,) slide of each
     blocks: list[CountBlock]
-    signatures: torch.Tensor  # (F, G), for _NegativeBinomialMeanTerms
+    tables: CountTables  # of the batch's counts
+    signatures: torch.Tensor  # (F, G), for StableMeanTerms
 
     @property
     def size(self) -> int:
@@ -161,37 +178,31 @@ class MinibatchObjective:
     Parameters
     ----------
     data
-        The model's data with ``counts`` a torch sparse CSR tensor (S × G) on the model's device.
+        The model's data; ``counts`` a torch sparse CSR tensor (S × G) on the model's device (dense counts are
+        converted).
     priors
         Fixed hyper-parameters.
     block_rows
-        Locations per block of the likelihood; ``None``: as :class:`MappingObjective` chooses.
+        Locations per block of the likelihood; ``None``: as :class:`~.objective.MappingObjective` chooses.
     """
 
     def __init__(self, data: MappingData, priors: MappingPriors = MappingPriors(), block_rows: int | None = None):
+        data = dataclasses.replace(data, counts=as_csr(data.counts))
         counts = data.counts
-        if counts.layout != torch.sparse_csr:
-            raise ValueError("MinibatchObjective needs the counts as a torch sparse CSR tensor")
         self.data, self.priors = data, priors
         self.layout = SplitLayout(SiteLayout.for_data(data, priors))
         self.indptr = counts.crow_indices().long()
         self.genes = counts.col_indices().long()
         self.values = counts.values()
         self.signatures = data.signatures
-        E, G = data.n_batches, data.n_genes
-        self.locations_per_batch = torch.bincount(data.batch_index, minlength=E).to(self.values.dtype).reshape(E, 1)
-        entry_rows = torch.repeat_interleave(torch.arange(data.n_locations, device=counts.device),
-                                             self.indptr.diff())
-        self.tables = count_tables(self.values, self.genes, data.batch_index[entry_rows], E, G)
-        self.log_factorial_total = self.tables.log_factorial_total
+        self.cutoff = histogram_cutoff(self.values, data.n_batches, data.n_genes)
+        self.count_steps = count_steps(self.cutoff, self.values)
+        self.log_factorial_total = float(torch.lgamma(self.values.double() + 1).sum())
+        G = data.n_genes
         if block_rows is None:
             entries = GPU_BLOCK_ENTRIES if counts.device.type == "cuda" else CPU_BLOCK_ENTRIES
             block_rows = max(1, entries // G)
         self.block_rows = block_rows
-        # the full-data objective's prior formulas, asked with the batch's rows (see _prior_parameters)
-        full = SimpleNamespace(priors=priors, data=data)
-        MappingObjective._setup_constant_priors(full)
-        self.constant_priors = full.constant_priors
 
     def batch(self, ids: torch.Tensor) -> Batch:
         """The batch of locations ``ids`` (unique; any order), its non-zero counts gathered on the device."""
@@ -220,25 +231,30 @@ class MinibatchObjective:
             part = slice(entry_start, entry_end)
             blocks.append(CountBlock(start, end, slide, values[part], (row_of_entry[part] - start) * G + genes[part]))
             entry_start = entry_end
-        return Batch(ids, slides, blocks, self.signatures)
+        tables = count_tables(values, genes, slides[row_of_entry], E, G, self.cutoff)
+        return Batch(ids, slides, blocks, tables, self.signatures)
 
     def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:
-        """Gamma shape and rate of every site's prior (:meth:`MappingObjective.prior_parameters`), the per-location
-        ones for the batch's rows."""
+        """Gamma shape and rate of every site's prior (:data:`~.sites.SITES`), the per-location ones for the batch's
+        rows: the table's priors asked with the data of the batch's locations."""
         data = self.data
-        rows = SimpleNamespace(n_types=data.n_types, detection_alpha=data.detection_alpha[batch.ids])
-        constant = {**self.constant_priors, "n_s": (data.n_cells_per_location[batch.ids], self.constant_priors["n_s"][1])}
-        view = SimpleNamespace(priors=self.priors, data=rows, batch_index=batch.slides, constant_priors=constant)
-        return MappingObjective.prior_parameters(view, v)
+        rows = dataclasses.replace(data, batch_index=batch.slides, n_cells_per_location=data.n_cells_per_location[
+            batch.ids], detection_alpha=data.detection_alpha[batch.ids])
 
-    def exact_likelihood_terms(self, alpha: torch.Tensor) -> torch.Tensor:
-        """``Σ_s Σ_g α log α + log Γ(x+α) − log Γ(α)`` over all the data, exactly (``alpha``: (E, G) α_eg)."""
-        tables = self.tables
-        alpha_log_alpha = (self.locations_per_batch * alpha * torch.log(alpha)).sum()
-        histogram = (tables.exceedance * torch.log(alpha.unsqueeze(1) + tables.count_steps)).sum()
-        large_alpha = alpha[tables.large_batch, tables.large_gene]
-        large = (torch.lgamma(tables.large_values + large_alpha) - torch.lgamma(tables.cutoff + large_alpha)).sum()
-        return alpha_log_alpha + histogram + large
+        def tensor(value) -> torch.Tensor:
+            return value if isinstance(value, torch.Tensor) else v["a"].new_full((), value)
+
+        return {site.name: tuple(tensor(value) for value in site.prior(v, rows, self.priors)) for site in SITES}
+
+    def log_likelihood(self, theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """log p(the batch's counts | sites) without the constant −Σ log Γ(x+1), in the form of
+        :mod:`.stable_likelihood`."""
+        alpha = theta["v_eg"].pow(-2)  # (E, G)
+        mean_terms = StableMeanTerms.apply(theta["w_sf"], theta["m_g"], theta["s_eg"], theta["y_s"], alpha, batch)
+        tables = batch.tables
+        return mean_terms + count_terms(tables.exceedance, tables.large_values,
+                                        alpha[tables.large_batch, tables.large_gene], alpha, self.count_steps,
+                                        self.cutoff)
 
     def negative_elbo(self, global_parameters: torch.Tensor, local_parameters: torch.Tensor,
                       global_eps: torch.Tensor, local_eps: torch.Tensor, batch: Batch,
@@ -254,7 +270,7 @@ class MinibatchObjective:
         global_eps, local_eps
             ``(P_global,)`` and ``(N, L)`` standard normal noise.
         scale
-            Weight of the local terms; ``None``: S/N, the unbiased estimate.
+            Weight of the batch's terms; ``None``: S/N, the unbiased estimate.
         """
         scale = self.data.n_locations / batch.size if scale is None else scale
         global_z, global_term = _draw(global_parameters, global_eps)
@@ -266,11 +282,8 @@ class MinibatchObjective:
         def log_prior(names):
             return sum(gamma_log_density(*parameters[name], z[name], theta[name]) for name in names)
 
-        alpha = theta["v_eg"].pow(-2)
-        mean_terms = _NegativeBinomialMeanTerms.apply(theta["w_sf"], theta["m_g"], theta["s_eg"], theta["y_s"],
-                                                      alpha, batch)
-        exact = log_prior(self.layout.global_names) + self.exact_likelihood_terms(alpha) + global_term
-        estimated = log_prior(LOCAL_SITES) + mean_terms + local_term
+        exact = log_prior(self.layout.global_names) + global_term
+        estimated = log_prior(LOCATION_SITES) + self.log_likelihood(theta, batch) + local_term
         return -(exact + scale * estimated)
 
 
