@@ -1,14 +1,23 @@
 """Minibatch training of the mapping model: the estimate of the objective, and what a minibatch fit gives."""
 
 import dataclasses
+import json
+import logging
 
+import anndata as ad
+import numpy as np
 import pytest
 import scipy.sparse
 import torch
+from click.testing import CliRunner
 
+from tissuemap.cli import main
+from tissuemap.mapping import fit_mapping, read_qc_sample, read_signatures, setup_mapping
+from tissuemap.mapping.minibatch import MinibatchSteps
 from tissuemap.models.cell2location import MappingData, MappingObjective, MappingPriors, initial_guide_parameters
-from tissuemap.models.minibatch import MinibatchObjective, SplitLayout, csr_counts
+from tissuemap.models.cell2location.minibatch import MinibatchObjective, SplitLayout, csr_counts
 from tissuemap.models.row_adam import RowwiseAdam
+from tissuemap.training import MinibatchEpochs
 
 PRIORS = MappingPriors(n_groups=5)
 
@@ -67,7 +76,7 @@ def test_an_epochs_batches_average_to_the_full_data_loss_and_gradient(three_slid
     full_loss, full_grad, log_factorial_total = full_loss_and_gradient(dense, parameters, eps)
 
     objective = MinibatchObjective(sparse, PRIORS, block_rows=3)  # several blocks per slide within a batch
-    assert objective.tables.large_values.numel() > 0  # counts above the histogram cutoff are exercised
+    assert objective.batch(torch.arange(24)).tables.large_values.numel() > 0  # counts above the cutoff: exercised
     assert objective.log_factorial_total == pytest.approx(log_factorial_total, rel=1e-12)
     layout = SplitLayout(objective.layout.layout)
     order = torch.randperm(24, generator=generator)  # batches mix the slides
@@ -118,3 +127,50 @@ def test_rowwise_adam_is_torch_adam_on_the_rows_it_is_given():
         if step % 2:
             alone.step(torch.tensor([0]), grad[:, [4]])
     torch.testing.assert_close(lazy.parameters[:, [4]], alone.parameters, rtol=1e-13, atol=1e-13)
+
+
+def two_slides(qc_samples):
+    """The bundled simulated samples (60 spots each, one slide each), counts kept sparse as a minibatch fit reads
+    them."""
+    samples = [read_qc_sample(qc_samples / f"{name}.qc.h5ad", 8.0) for name in ("sample1", "sample2")]
+    return setup_mapping(samples, read_signatures(qc_samples / "signatures.csv"), min_shared_genes=10,
+                         sparse_counts=True)
+
+
+def test_minibatch_fit_same_seed_same_numbers(qc_samples):
+    setup = two_slides(qc_samples)
+    first, again, other = (fit_mapping(setup, 6, 0.02, seed=seed, progress=False, batch_size=25)
+                           for seed in (4, 4, 5))
+    assert torch.equal(first.guide_parameters, again.guide_parameters)
+    np.testing.assert_array_equal(first.loss, again.loss)
+    assert first.loss.shape == (6,)  # one -ELBO per epoch
+    assert not torch.equal(first.guide_parameters, other.guide_parameters)
+
+
+def test_every_spot_takes_one_step_per_epoch(qc_samples):
+    setup = two_slides(qc_samples)
+    steps = MinibatchSteps(setup.data, setup.priors, 0.02, torch.Generator().manual_seed(0))
+    epochs = MinibatchEpochs(setup.data.n_locations, 25, 3, 0, torch.device("cpu"), steps.step)
+    for epoch in range(3):
+        epochs.run(epoch, lambda *_: None)
+    assert epochs.steps_per_epoch == 5  # 120 spots: 4 batches of 25 and one of 20
+    assert torch.equal(steps.local_optimizer.steps, torch.full_like(steps.local_optimizer.steps, 3))
+
+
+def test_map_command_trains_on_minibatches_and_says_so(qc_samples, tmp_path, caplog):
+    command = ["map", "--spatial", str(qc_samples / "sample1.qc.h5ad"), str(qc_samples / "sample2.qc.h5ad"),
+               "--signatures", str(qc_samples / "signatures.csv"), "--n-cells-per-location", "8", "--max-epochs",
+               "25", "--batch-size", "50", "--lr", "0.02", "--device", "cpu", "--min-shared-genes", "10",
+               "--outdir", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    assert "50 spots per step, 3 steps per epoch" in caplog.text
+    assert "--max-epochs 25 counts passes over the data" in caplog.text
+    history = json.loads((tmp_path / "sample1" / "sample1.mapping_history.json").read_text())
+    assert (history["batch_size"], history["loss_unit"], history["steps"], len(history["loss"])) == (50, "epoch", 25,
+                                                                                                       25)
+    abundance = ad.read_h5ad(tmp_path / "sample2" / "sample2.abundance.h5ad")
+    assert np.isfinite(abundance.obsm["q05_cell_abundance_w_sf"].to_numpy()).all()
+    result = CliRunner().invoke(main, [*command[:-2], "--batch-size", "0", "--outdir", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "--batch-size" in result.output
