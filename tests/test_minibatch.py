@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import math
 
 import anndata as ad
 import numpy as np
@@ -174,3 +175,27 @@ def test_map_command_trains_on_minibatches_and_says_so(qc_samples, tmp_path, cap
     assert np.isfinite(abundance.obsm["q05_cell_abundance_w_sf"].to_numpy()).all()
     result = CliRunner().invoke(main, [*command[:-2], "--batch-size", "0", "--outdir", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+def test_the_batch_likelihood_keeps_float32_precision_at_large_alpha(three_slides):
+    # a Poisson-like gene's guide can draw alpha = 1/v^2 of 1e10 and more; the full-data form's terms are then huge
+    # and nearly cancel, the minibatch's are of the size of the result
+    dense, sparse = three_slides
+    parameters = initial_guide_parameters(dense, PRIORS)
+    layout = SplitLayout(MinibatchObjective(sparse, PRIORS).layout.layout)
+    global_part, local = layout.split(parameters)
+    layout.global_sites(global_part[0])["v_eg"].fill_(math.log(1e-5))
+    full_form, batch_form = {}, {}
+    for dtype in (torch.float64, torch.float32):
+        data = dataclasses.replace(dense, **{field.name: getattr(dense, field.name).to(dtype)
+                                             for field in dataclasses.fields(dense) if field.name != "batch_index"})
+        objective = MinibatchObjective(data, PRIORS)
+        batch = objective.batch(torch.arange(24))
+        batch_form[dtype] = float(objective.negative_elbo(global_part.to(dtype), local.to(dtype),
+                                                          torch.zeros(layout.global_size, dtype=dtype),
+                                                          torch.zeros(24, layout.local_width, dtype=dtype), batch))
+        full_form[dtype] = float(MappingObjective(data, PRIORS).negative_elbo(
+            layout.join(global_part, local).to(dtype), torch.zeros(parameters.shape[1], dtype=dtype)))
+    assert batch_form[torch.float64] == pytest.approx(full_form[torch.float64], rel=1e-5)  # its rounding at 1e10
+    assert batch_form[torch.float32] == pytest.approx(batch_form[torch.float64], rel=1e-5)
+    assert full_form[torch.float32] != pytest.approx(full_form[torch.float64], rel=1e-3)
