@@ -18,6 +18,7 @@ from tissuemap.mapping.minibatch import MinibatchSteps
 from tissuemap.models.cell2location import MappingData, MappingObjective, MappingPriors, initial_guide_parameters
 from tissuemap.models.cell2location.minibatch import MinibatchObjective, SplitLayout, csr_counts
 from tissuemap.models.row_adam import RowwiseAdam
+from tissuemap.report.sample import mapping_rows
 from tissuemap.training import MinibatchEpochs
 
 PRIORS = MappingPriors(n_groups=5)
@@ -171,6 +172,8 @@ def test_map_command_trains_on_minibatches_and_says_so(qc_samples, tmp_path, cap
     history = json.loads((tmp_path / "sample1" / "sample1.mapping_history.json").read_text())
     assert (history["batch_size"], history["loss_unit"], history["steps"], len(history["loss"])) == (50, "epoch", 25,
                                                                                                        25)
+    rows = dict(mapping_rows(history))  # the sample report's table
+    assert (rows["training epochs"], rows["spots per training step"]) == ("25", "50")
     abundance = ad.read_h5ad(tmp_path / "sample2" / "sample2.abundance.h5ad")
     assert np.isfinite(abundance.obsm["q05_cell_abundance_w_sf"].to_numpy()).all()
     result = CliRunner().invoke(main, [*command[:-2], "--batch-size", "0", "--outdir", str(tmp_path / "bad")])
