@@ -31,18 +31,21 @@ sites as a ``(2, S, L)`` table with one row of L values per location (``L = 3 + 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from tissuemap.models.cell2location.objective import (
-    CPU_BLOCK_ENTRIES,
-    GPU_BLOCK_ENTRIES,
-    HALF_LOG_2PI,
+from tissuemap.models.cell2location.likelihood import (
     CountBlock,
+    HistogramTables,
+    block_ranges,
+    default_block_rows,
+    histogram_cutoff,
 )
+from tissuemap.models.cell2location.objective import HALF_LOG_2PI
 from tissuemap.models.cell2location.sites import (
     LOCATION_SITES,
     SITE_NAMES,
@@ -53,11 +56,7 @@ from tissuemap.models.cell2location.sites import (
     guide_scale,
 )
 from tissuemap.models.cell2location.stable_likelihood import StableMeanTerms, count_terms
-from tissuemap.models.negative_binomial import (
-    HISTOGRAM_MAX_COUNT,
-    count_steps,
-    exceedance_table,
-)
+from tissuemap.models.negative_binomial import count_steps
 
 
 class SplitLayout:
@@ -120,37 +119,6 @@ def as_csr(counts: torch.Tensor) -> torch.Tensor:
     return csr_counts(indptr, genes, counts[rows, genes], tuple(counts.shape), counts.device)
 
 
-def histogram_cutoff(values: torch.Tensor, n_batches: int, n_genes: int) -> int:
-    """K, as :class:`~.objective.MappingObjective` chooses it: the smallest count value (1 to
-    ``HISTOGRAM_MAX_COUNT``) exceeded by at most E·G of the non-zero counts ``values`` (zeros never exceed it)."""
-    top = HISTOGRAM_MAX_COUNT + 1
-    frequency = torch.bincount(values.clamp(max=top).long(), minlength=top + 1)
-    exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
-    allowed = n_batches * n_genes
-    return next((k for k in range(1, HISTOGRAM_MAX_COUNT) if exceeding[k] <= allowed), HISTOGRAM_MAX_COUNT)
-
-
-@dataclass(frozen=True)
-class CountTables:
-    """What ``Σ log Γ(x+α) − log Γ(α)`` needs of some counts (see :func:`count_tables`)."""
-
-    exceedance: torch.Tensor  # (E, K, G): counts of slide e and gene g above j
-    large_values: torch.Tensor  # counts above K, one by one, with their slide and gene
-    large_batch: torch.Tensor
-    large_gene: torch.Tensor
-
-
-def count_tables(values: torch.Tensor, genes: torch.Tensor, slides: torch.Tensor, n_batches: int, n_genes: int,
-                 cutoff: int) -> CountTables:
-    """The histogram tables of the non-zero counts ``values`` (each with its gene and slide) for the cutoff K, as
-    :class:`~.objective.MappingObjective` builds them from dense counts."""
-    E, G, K = n_batches, n_genes, cutoff
-    histogram = torch.bincount((slides * K + values.clamp(max=K).long() - 1) * G + genes, minlength=E * K * G)
-    large = values > K
-    return CountTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype), values[large],
-                       slides[large], genes[large])
-
-
 @dataclass(frozen=True)
 class Batch:
     """The locations of one step and their non-zero counts, in blocks of one slide each (:class:`CountBlock`, rows
@@ -159,7 +127,7 @@ class Batch:
     ids: torch.Tensor  # (N,) location indices, ascending
     slides: torch.Tensor  # (N,) slide of each
     blocks: list[CountBlock]
-    tables: CountTables  # of the batch's counts
+    tables: HistogramTables  # of the batch's counts
     signatures: torch.Tensor  # (F, G), for StableMeanTerms
 
     @property
@@ -183,7 +151,8 @@ class MinibatchObjective:
     priors
         Fixed hyper-parameters.
     block_rows
-        Locations per block of the likelihood; ``None``: as :class:`~.objective.MappingObjective` chooses.
+        Locations per block of the likelihood; ``None``: as the full-data objective chooses
+        (:func:`~.likelihood.default_block_rows`).
     """
 
     def __init__(self, data: MappingData, priors: MappingPriors = MappingPriors(), block_rows: int | None = None):
@@ -195,14 +164,10 @@ class MinibatchObjective:
         self.genes = counts.col_indices().long()
         self.values = counts.values()
         self.signatures = data.signatures
-        self.cutoff = histogram_cutoff(self.values, data.n_batches, data.n_genes)
+        self.cutoff = histogram_cutoff([self.values], data.n_batches, data.n_genes)
         self.count_steps = count_steps(self.cutoff, self.values)
         self.log_factorial_total = float(torch.lgamma(self.values.double() + 1).sum())
-        G = data.n_genes
-        if block_rows is None:
-            entries = GPU_BLOCK_ENTRIES if counts.device.type == "cuda" else CPU_BLOCK_ENTRIES
-            block_rows = max(1, entries // G)
-        self.block_rows = block_rows
+        self.block_rows = default_block_rows(data.n_genes, counts.device) if block_rows is None else block_rows
 
     def batch(self, ids: torch.Tensor) -> Batch:
         """The batch of locations ``ids`` (unique; any order), its non-zero counts gathered on the device."""
@@ -212,11 +177,8 @@ class MinibatchObjective:
         lengths = self.indptr[ids + 1] - starts
         G, E = self.data.n_genes, self.data.n_batches
         per_slide = torch.bincount(slides, minlength=E).tolist()  # host read 1: rows of each slide
-        bounds, first = [], 0
-        for slide, rows in enumerate(per_slide):
-            bounds += [(start, min(start + self.block_rows, first + rows), slide)
-                       for start in range(first, first + rows, self.block_rows)]
-            first += rows
+        slide_ends = list(itertools.accumulate(per_slide))
+        bounds = block_ranges(list(zip([0, *slide_ends[:-1]], slide_ends)), self.block_rows)
         entry_ends = lengths.cumsum(0)
         block_ends = entry_ends[torch.tensor([end - 1 for _, end, _ in bounds], device=ids.device)].tolist()  # read 2
         total = block_ends[-1]
@@ -229,9 +191,10 @@ class MinibatchObjective:
         blocks, entry_start = [], 0
         for (start, end, slide), entry_end in zip(bounds, block_ends):
             part = slice(entry_start, entry_end)
-            blocks.append(CountBlock(start, end, slide, values[part], (row_of_entry[part] - start) * G + genes[part]))
+            blocks.append(CountBlock(start, end, slide, values[part], -values[part],
+                                     (row_of_entry[part] - start) * G + genes[part]))
             entry_start = entry_end
-        tables = count_tables(values, genes, slides[row_of_entry], E, G, self.cutoff)
+        tables = HistogramTables.build([(values, genes, slides[row_of_entry])], E, G, self.cutoff)
         return Batch(ids, slides, blocks, tables, self.signatures)
 
     def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:

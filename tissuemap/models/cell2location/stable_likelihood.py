@@ -5,29 +5,39 @@ Per count x of mean μ and shape α, without the constant −log Γ(x+1),
 
     log Γ(x+α) − log Γ(α) + α log α − (α+x) log(α+μ) + x log μ  =  Σ_{j<x} log1p(j/α) − (α+x) log1p(μ/α) + x log μ
 
-(the log α parts cancel exactly). The full-data objective (:mod:`.objective`) sums the left side's terms apart; for a
+(the log α parts cancel exactly). The full-data objective (:mod:`.likelihood`) sums the left side's terms apart; for a
 large α (1/v_eg² of a gene whose counts are Poisson-like: its guide can draw α of 1e9 and more) their float32 values
 are huge and nearly cancel, and their rounding errors can exceed the model's whole loss. A minibatch fit, whose noisier
 steps widen such genes' guides, measurably learned to exploit that rounding (benchmarks/RESULTS.md, "Minibatch
 mapping"); on the right side every term stays of the size of the result.
 
-:func:`stable_block_terms` gives the μ-dependent part of a block of locations of one slide and its gradients (as
-:func:`.objective.block_terms` does for its form), :class:`StableMeanTerms` sums it over a batch's blocks, and
-:func:`count_terms` adds ``Σ_{j<x} log1p(j/α)`` from a count histogram.
+Why two forms and not this one for both: the full-data form reads each location × gene entry in three cheap passes
+(α+μ, its reciprocal, its log) and gets every gradient from two matrix products (:func:`.likelihood.block_terms`);
+this one also needs a log1p of a quotient, μ/(α+μ) and a per-entry α gradient, which would slow the full-data fit
+(issue #19) and change its maps. Its deterministic steps over all locations have not been seen to widen α's guides
+that far; the minibatch's noisier steps did. Both read the same blocks of non-zero counts
+(:class:`.likelihood.CountBlock`) and count tables (:class:`.likelihood.HistogramTables`), and the terms of counts
+above the cutoff come from :func:`~tissuemap.models.negative_binomial.large_count_log_gamma_terms`.
+
+:func:`stable_block_terms` gives the μ-dependent part of a block of locations of one slide and its gradients,
+:class:`StableMeanTerms` sums it over a batch's blocks, and :func:`count_terms` adds ``Σ_{j<x} log1p(j/α)`` from a
+count histogram.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tissuemap.models.negative_binomial import large_count_log_gamma_terms
+
 
 def stable_block_terms(w, signatures, platform, background, overdispersion, detection, values, flat_index):
     """``Σ x log μ − (α+x) log1p(μ/α)`` over a block of locations of one slide (``−Σ α log1p(μ/α)`` over every entry
     plus ``Σ x (log μ − log1p(μ/α))`` over the non-zero counts only), and its gradients.
 
-    Parameters and returns as :func:`.objective.block_terms`: ``w`` ``(n, F)``, ``signatures`` ``(F, G)``,
-    ``platform``, ``background`` and ``overdispersion`` ``(1, G)``, ``detection`` ``(n, 1)``, the block's non-zero
-    ``values`` and their ``flat_index`` (row * G + gene); returns the part (0-d) and its gradients with respect to
+    Parameters: ``w`` ``(n, F)``, ``signatures`` ``(F, G)``, ``platform``, ``background`` and ``overdispersion``
+    ``(1, G)``, ``detection`` ``(n, 1)``, the block's non-zero ``values`` and their ``flat_index`` (row * G + gene)
+    (:class:`.likelihood.CountBlock`); returns the part (0-d) and its gradients with respect to
     ``w``, ``platform``, ``background``, ``detection`` and ``overdispersion`` (those of ``(1, G)`` tensors as ``(G,)``).
     """
     cell_part = w @ signatures  # Σ_f w_sf g_fg
@@ -92,5 +102,5 @@ def count_terms(exceedance, large_values, large_alpha, alpha, steps, cutoff: int
     with their ``large_alpha``) the rest, ``log Γ(x+α) − log Γ(K+α) − (x−K) log α``, in float64 (few counts)."""
     histogram = (exceedance * torch.log1p(steps / alpha.unsqueeze(1))).sum()
     x, a = large_values.double(), large_alpha.double()
-    large = (torch.lgamma(x + a) - torch.lgamma(cutoff + a) - (x - cutoff) * torch.log(a)).sum()
+    large = large_count_log_gamma_terms(x, a, cutoff) - torch.dot(x - cutoff, torch.log(a))
     return histogram + large.to(histogram.dtype)
