@@ -45,7 +45,8 @@ from tissuemap.mapping.export import (
     export_mapping,
     mapping_summaries,
 )
-from tissuemap.mapping.fit import MappingFit, fit_mapping
+from tissuemap.mapping.fit import fit_mapping
+from tissuemap.mapping.fit_record import MappingFit
 from tissuemap.mapping.setup import MappingSetup, detection_mean, setup_mapping
 from tissuemap.mapping.step import MappingResult, history_record, map_samples, write_mapping_outputs
 

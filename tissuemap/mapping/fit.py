@@ -4,46 +4,13 @@ step, run by the shared training loop (:mod:`tissuemap.training`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
 
 from tissuemap.convergence import judge_convergence, log_convergence
 from tissuemap.defaults import MAPPING_LR, MAPPING_MAX_EPOCHS, MAPPING_SEED
-from tissuemap.log import counted, logger
+from tissuemap.log import logger
 from tissuemap.mapping.data import check_training_options
+from tissuemap.mapping.fit_record import MappingFit, checkpoint_key_of, device_name, diverged_message
 from tissuemap.mapping.setup import MappingSetup
-
-
-@dataclass
-class MappingFit:
-    """A trained guide and how training went."""
-
-    guide_parameters: object  # (2, P) torch tensor: locations and unconstrained scales
-    loss: np.ndarray  # −ELBO per step, Σ log Γ(x+1) included
-    device: str
-    steps: int
-    lr: float
-    seed: int
-    cuda_graph: bool
-    compiled: bool
-    timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
-    threads: int  # torch's CPU threads when the training loop started
-    seconds: dict = field(default_factory=dict)
-    convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
-    early_stopping: dict | None = None  # the rule and the step it stopped at (EarlyStopping.record); None: off
-    batch_size: int | None = None  # locations per step of a minibatch fit (steps are then epochs); None: full data
-
-    @property
-    def iterations_per_second(self) -> float:
-        return self.timed_steps / self.seconds["training"] if self.seconds.get("training") else float("nan")
-
-
-def _nan_message(step: int, unit: str = "step") -> str:
-    return (
-        f"training diverged (the ELBO became NaN or infinite at {unit} {step}); check that the reference signatures "
-        "match the tissue (same species, same genes) and that --n-cells-per-location suits it, or lower --lr"
-    )
 
 
 def fit_mapping(
@@ -142,7 +109,7 @@ def fit_mapping(
     negative_elbo, compiled = objective.negative_elbo, False
     if compile_objective if compile_objective is not None else device.type == "cuda":
         negative_elbo, compiled = _checked_compile(negative_elbo, parameters)
-    checkpoint_key = _checkpoint_key(setup, max_epochs, lr, seed) if checkpoint is not None else None
+    checkpoint_key = checkpoint_key_of(setup, max_epochs, lr, seed) if checkpoint is not None else None
     first_step = resume_from(checkpoint, checkpoint_key,
                              lambda state: _restore(state, parameters, optimizer, generator, losses))
 
@@ -162,14 +129,14 @@ def fit_mapping(
 
     run = train(TrainingLoop(
         name="mapping", unit="step", total=max_epochs, run_epoch=steps.run, losses=steps.losses,
-        diverged=_nan_message, state=lambda step: _training_state(step, parameters, optimizer, generator, losses),
+        diverged=diverged_message, state=lambda step: _training_state(step, parameters, optimizer, generator, losses),
         device=device, loss_offset=objective.log_factorial_total, progress=progress, checkpoint=checkpoint,
         checkpoint_key=checkpoint_key, stop=stop, early_stopping=early_stopping, threads=threads,
     ), steps_done)
     steps_run, stopped_at, training_seconds = run.done, run.stopped_at, run.seconds
     loss = losses[:steps_run].double().cpu().numpy() + objective.log_factorial_total
     fit = MappingFit(
-        guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=steps_run, lr=lr,
+        guide_parameters=parameters.detach(), loss=loss, device=device_name(device), steps=steps_run, lr=lr,
         seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=steps_run - steps_done,
         threads=run.threads,
         seconds={"model_setup": setup_seconds, "training": training_seconds},
@@ -181,26 +148,6 @@ def fit_mapping(
     fit.convergence = judge_convergence(loss, "--max-epochs", "--mapping-epochs")
     log_convergence(fit.convergence, "mapping")
     return fit
-
-
-def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int, batch_size: int | None = None) -> str:
-    """Fingerprint of everything a fit's numbers depend on: the model's data, priors, options and device type."""
-    import torch
-
-    from tissuemap.checkpoint import fingerprint
-
-    data = setup.data
-    # the optimiser names the state's layout: a checkpoint of an earlier optimiser does not match
-    settings = {"model": "mapping", "optimizer": "torch.optim.Adam", "max_epochs": max_epochs, "lr": lr,
-                "seed": seed, "device": data.counts.device.type, "priors": asdict(setup.priors)}
-    counts = [data.counts]
-    if batch_size is not None:  # (the default's settings stay as they were: its checkpoints keep matching)
-        settings.update(batch_size=batch_size, optimizer="torch.optim.Adam, RowwiseAdam for the locations")
-    if data.counts.layout == torch.sparse_csr:
-        counts = [data.counts.crow_indices(), data.counts.col_indices(), data.counts.values()]
-    arrays = [*counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
-              data.detection_mean]
-    return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
 
 
 def _training_state(step: int, parameters, optimizer, generator, losses) -> dict:
@@ -256,13 +203,3 @@ def _checked_compile(negative_elbo, parameters):
                        "training without it", loss_error, grad_error)
         return negative_elbo, False
     return compiled, True
-
-
-def _device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({counted(torch.get_num_threads(), 'thread')})"
-
-

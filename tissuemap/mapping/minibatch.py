@@ -101,11 +101,11 @@ def fit_minibatch(setup, max_epochs: int, batch_size: int, lr: float, seed: int,
     """Train the cell2location guide on ``setup``'s data (counts sparse: ``setup_mapping(..., sparse_counts=True)``)
     for ``max_epochs`` passes over the data, ``batch_size`` locations per step; the options as
     :func:`~tissuemap.mapping.fit.fit_mapping`'s, epochs where it has steps. Returns a
-    :class:`~tissuemap.mapping.fit.MappingFit` whose loss has one value per epoch."""
+    :class:`~tissuemap.mapping.fit_record.MappingFit` whose loss has one value per epoch."""
     import torch
 
     from tissuemap.convergence import judge_convergence, log_convergence
-    from tissuemap.mapping.fit import MappingFit, _checkpoint_key, _device_name, _nan_message
+    from tissuemap.mapping.fit_record import MappingFit, checkpoint_key_of, device_name, diverged_message
     from tissuemap.training import MinibatchEpochs, TrainingLoop, resume_from, train
 
     started = time.perf_counter()
@@ -134,7 +134,7 @@ def fit_minibatch(setup, max_epochs: int, batch_size: int, lr: float, seed: int,
         epochs.step_losses[:done] = saved["losses"].to(device)
         return done
 
-    checkpoint_key = _checkpoint_key(setup, max_epochs, lr, seed, batch_size) if checkpoint is not None else None
+    checkpoint_key = checkpoint_key_of(setup, max_epochs, lr, seed, batch_size) if checkpoint is not None else None
     first = resume_from(checkpoint, checkpoint_key, restore)
     setup_seconds = time.perf_counter() - started
     logger.info("minibatch training: %s per step, %s per epoch (every spot once per epoch, in a random order); "
@@ -142,13 +142,13 @@ def fit_minibatch(setup, max_epochs: int, batch_size: int, lr: float, seed: int,
                 counted(epochs.steps_per_epoch, "step"), max_epochs)
     run = train(TrainingLoop(
         name="mapping", unit="epoch", total=max_epochs, run_epoch=epochs.run, losses=epoch_losses,
-        diverged=lambda epoch: _nan_message(epoch, "epoch"), state=state, device=device,
+        diverged=lambda epoch: diverged_message(epoch, "epoch"), state=state, device=device,
         loss_offset=steps.objective.log_factorial_total, progress=progress, checkpoint=checkpoint,
         checkpoint_key=checkpoint_key, stop=stop, early_stopping=early_stopping, threads=threads,
     ), first)
     loss = epoch_losses(run.done).double().cpu().numpy() + steps.objective.log_factorial_total
     fit = MappingFit(
-        guide_parameters=steps.guide_parameters(), loss=loss, device=_device_name(device), steps=run.done, lr=lr,
+        guide_parameters=steps.guide_parameters(), loss=loss, device=device_name(device), steps=run.done, lr=lr,
         seed=seed, cuda_graph=False, compiled=False, timed_steps=run.done - first, threads=run.threads,
         seconds={"model_setup": setup_seconds, "training": run.seconds}, batch_size=batch_size,
         early_stopping=early_stopping.record(run.stopped_at, max_epochs) if early_stopping is not None else None,

@@ -29,7 +29,8 @@ from tissuemap.mapping.data import (
     read_signatures,
 )
 from tissuemap.mapping.export import expected_spot_counts, export_mapping, mapping_summaries
-from tissuemap.mapping.fit import MappingFit, fit_mapping
+from tissuemap.mapping.fit import fit_mapping
+from tissuemap.mapping.fit_record import MappingFit
 from tissuemap.mapping.setup import MappingSetup, setup_mapping
 
 
