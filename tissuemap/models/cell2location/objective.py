@@ -1,9 +1,11 @@
 """The fast objective of the cell2location mapping model: its negative ELBO under the mean-field guide, in torch.
 
-Equal to Pyro's ``Trace_ELBO`` on :func:`~.pyro_model.model` with ``AutoNormal`` (the tests check loss and gradients), and
-much cheaper: reparameterised log-normal draws, closed-form log-densities, and a negative-binomial likelihood that
-does no redundant work (the constant ``log Γ(x+1)`` left out, ``Σ log Γ(x+α)`` from each gene's count histogram, the
-terms of every location × gene entry and their gradient computed together, block by block, zero counts never read).
+Equal to Pyro's ``Trace_ELBO`` on :func:`~.pyro_model.model` with ``AutoNormal`` (the tests check loss and
+gradients), and much cheaper: reparameterised log-normal draws; the Gamma log-densities of all sites in a few calls
+over the flat vector of latent values (:meth:`MappingObjective.log_prior`); a negative-binomial likelihood that does
+no redundant work (the constant ``log Γ(x+1)`` left out, ``Σ log Γ(x+α)`` from the non-zero entries of each gene's
+count histogram, the terms of every location × gene entry and their gradient computed together by hand, block by
+block, zero counts never read: :mod:`.likelihood`). Everything that depends only on the data is computed once.
 """
 
 from __future__ import annotations
@@ -31,9 +33,7 @@ class MappingObjective:
     """The negative ELBO of the cell2location model under its mean-field guide, for one guide sample.
 
     Equal to Pyro's ``Trace_ELBO`` loss on :func:`~.pyro_model.model` with ``AutoNormal`` minus the constant
-    ``Σ log Γ(x+1)`` (:attr:`log_factorial_total`), and much cheaper: it precomputes per batch and gene the
-    histogram of counts, touches the observed counts only where they are not zero, and gets the gradient of the
-    location × gene terms analytically, in the same pass as their value.
+    ``Σ log Γ(x+1)`` (:attr:`log_factorial_total`), and much cheaper (see the module's note).
 
     Parameters
     ----------
@@ -42,8 +42,8 @@ class MappingObjective:
     priors
         Fixed hyper-parameters.
     block_rows
-        Locations per block of the likelihood. ``None``: :data:`CPU_BLOCK_ENTRIES` or :data:`GPU_BLOCK_ENTRIES`
-        entries.
+        Locations per block of the likelihood. ``None``: :data:`~.likelihood.CPU_BLOCK_ENTRIES` or
+        :data:`~.likelihood.GPU_BLOCK_ENTRIES` entries.
     """
 
     def __init__(self, data: MappingData, priors: MappingPriors = MappingPriors(), block_rows: int | None = None):
