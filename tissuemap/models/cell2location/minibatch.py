@@ -146,9 +146,9 @@ def count_tables(values: torch.Tensor, genes: torch.Tensor, slides: torch.Tensor
     :class:`~.objective.MappingObjective` builds them from dense counts."""
     E, G, K = n_batches, n_genes, cutoff
     histogram = torch.bincount((slides * K + values.clamp(max=K).long() - 1) * G + genes, minlength=E * K * G)
-    large = values > K
-    return CountTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype), values[large],
-                       slides[large], genes[large])
+    large = (values > K).nonzero().squeeze(1)  # one search, three gathers (boolean masks search each time)
+    return CountTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype), values.index_select(0, large),
+                       slides.index_select(0, large), genes.index_select(0, large))
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ class MinibatchObjective:
             part = slice(entry_start, entry_end)
             blocks.append(CountBlock(start, end, slide, values[part], (row_of_entry[part] - start) * G + genes[part]))
             entry_start = entry_end
-        tables = count_tables(values, genes, slides[row_of_entry], E, G, self.cutoff)
+        entry_slides = torch.repeat_interleave(slides, lengths, output_size=total)
+        tables = count_tables(values, genes, entry_slides, E, G, self.cutoff)
         return Batch(ids, slides, blocks, tables, self.signatures)
 
     def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:
