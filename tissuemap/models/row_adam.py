@@ -5,9 +5,10 @@ moves it, by its decaying first moment over its slowly decaying second one, at e
 location keeps moving along its stale gradient for the n − 1 steps after each visit, its second moment is diluted by
 the zero gradients (an effective step about √n times larger than Adam's), and every step costs a pass over all S × L
 values and both moments: at 200,000 bins in batches of 2,500 (80 steps per epoch), by a count of operations, about
-as much work per epoch as the likelihood of 2,000 genes itself. Here a row's moments and its own step count (for the bias corrections) advance only when the
-row is in the batch: each location takes one Adam step per visit, as in a full-data fit, and a step costs O(N × L).
-With the batch holding every location this is torch's Adam (its default, single-tensor algorithm).
+as much work per epoch as the likelihood of 2,000 genes itself. Here a row's moments and its own step count (for the
+bias corrections) advance only when the row is in the batch: each location takes one Adam step per visit, as in a
+full-data fit, and a step costs O(N × L). With the batch holding every location this is torch's Adam (its default,
+single-tensor algorithm).
 
 Measured (benchmarks/RESULTS.md, "Minibatch mapping": 4,000 spots, 4 steps per epoch, 1,000 epochs, lr 0.02, the
 batch likelihood of :mod:`.cell2location.stable_likelihood`): row-wise, −ELBO 4.6823e6 (median of the last tenth),
