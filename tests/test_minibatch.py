@@ -202,3 +202,14 @@ def test_the_batch_likelihood_keeps_float32_precision_at_large_alpha(three_slide
     assert batch_form[torch.float64] == pytest.approx(full_form[torch.float64], rel=1e-5)  # its rounding at 1e10
     assert batch_form[torch.float32] == pytest.approx(batch_form[torch.float64], rel=1e-5)
     assert full_form[torch.float32] != pytest.approx(full_form[torch.float64], rel=1e-3)
+
+
+def test_sparse_set_up_stores_each_count_above_zero_once(qc_samples):
+    samples = [read_qc_sample(qc_samples / f"{name}.qc.h5ad", 8.0) for name in ("sample1", "sample2")]
+    counts = samples[0].adata.X
+    counts.data[:3] = 0  # explicit zeros, as some writers leave them
+    signatures = read_signatures(qc_samples / "signatures.csv")
+    sparse, dense = (setup_mapping(samples, signatures, min_shared_genes=10, sparse_counts=flag) for flag in (True, False))
+    values = sparse.data.counts.values()
+    assert (values > 0).all() and values.numel() == int((dense.data.counts > 0).sum())
+    assert torch.equal(sparse.data.counts.to_dense(), dense.data.counts)

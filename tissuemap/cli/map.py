@@ -64,7 +64,7 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Also write NAME/NAME.zarr, a SpatialData store: the abundance table, the H&E images and the spots "
               "as circles, in full-resolution pixels (needs pip install 'tissuemap[spatialdata]').")
 @threads_option
-@checkpoint_options(MAPPING_CHECKPOINT_EVERY, "steps", ".NAME.map.ckpt.pt")
+@checkpoint_options(MAPPING_CHECKPOINT_EVERY, "steps (epochs with --batch-size)", ".NAME.map.ckpt.pt")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def map_command(
     spatial: tuple[Path, ...],

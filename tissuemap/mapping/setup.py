@@ -164,6 +164,9 @@ def setup_mapping(
     batch_index = batch_index.astype(np.int64)
     if sparse_counts:
         sparse = sp.vstack(sparse_blocks, format="csr")
+        # the minibatch objective reads each stored entry as one count above zero: no zeros, no repeated entries
+        sparse.sum_duplicates()
+        sparse.eliminate_zeros()
         totals = np.asarray(sparse.sum(axis=1, dtype=np.float64)).ravel()
     else:
         totals = counts.sum(axis=1, dtype=np.float64)

@@ -77,10 +77,10 @@ class HistogramTables:
             # histogram[e, v - 1, g]: entries of batch e and gene g with min(x, K) == v
             histogram = histogram + torch.bincount((batch * K + values.clamp(max=K).long() - 1) * G + genes,
                                                    minlength=E * K * G)
-            large = values > K
-            large_values.append(values[large])
-            large_gene.append(genes[large])
-            large_batch.append(batch[large] if isinstance(batch, torch.Tensor)
+            large = (values > K).nonzero().squeeze(1)  # one search, three gathers (boolean masks search each time)
+            large_values.append(values.index_select(0, large))
+            large_gene.append(genes.index_select(0, large))
+            large_batch.append(batch.index_select(0, large) if isinstance(batch, torch.Tensor)
                                else torch.full_like(large_gene[-1], batch))
         return HistogramTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype),
                                *(torch.cat(part) for part in (large_values, large_batch, large_gene)))

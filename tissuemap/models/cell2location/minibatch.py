@@ -22,7 +22,8 @@ the full-data ones for the same guide noise; with equal batch sizes that is thei
 
 Counts stay sparse (torch CSR, on the model's device); a batch's non-zero counts are gathered by index selection on
 the device. Each step reads two small vectors back to the host (the batch's locations per slide and the counts per
-block), which sizes the blocks: memory is bounded by the batch, not the data.
+block), which sizes the blocks: the location × gene temporaries are bounded by the batch (the sparse counts and the
+per-location parameters, S × L with their optimiser moments, stay whole).
 
 Guide parameters are held split (:class:`SplitLayout`): the global sites as one ``(2, P_global)`` tensor, the local
 sites as a ``(2, S, L)`` table with one row of L values per location (``L = 3 + R + F``).
@@ -194,7 +195,8 @@ class MinibatchObjective:
             blocks.append(CountBlock(start, end, slide, values[part], -values[part],
                                      (row_of_entry[part] - start) * G + genes[part]))
             entry_start = entry_end
-        tables = HistogramTables.build([(values, genes, slides[row_of_entry])], E, G, self.cutoff)
+        entry_slides = torch.repeat_interleave(slides, lengths, output_size=total)
+        tables = HistogramTables.build([(values, genes, entry_slides)], E, G, self.cutoff)
         return Batch(ids, slides, blocks, tables, self.signatures)
 
     def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:
@@ -220,8 +222,7 @@ class MinibatchObjective:
                                         self.cutoff)
 
     def negative_elbo(self, global_parameters: torch.Tensor, local_parameters: torch.Tensor,
-                      global_eps: torch.Tensor, local_eps: torch.Tensor, batch: Batch,
-                      scale: float | None = None) -> torch.Tensor:
+                      global_eps: torch.Tensor, local_eps: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Estimate of −ELBO (without Σ log Γ(x+1)) from ``batch``, for the guide sample ``θ = exp(loc + σ·eps)``.
 
         Parameters
@@ -232,10 +233,8 @@ class MinibatchObjective:
             ``(2, N, L)`` those of the batch's locations, rows in ``batch.ids`` order.
         global_eps, local_eps
             ``(P_global,)`` and ``(N, L)`` standard normal noise.
-        scale
-            Weight of the batch's terms; ``None``: S/N, the unbiased estimate.
         """
-        scale = self.data.n_locations / batch.size if scale is None else scale
+        scale = self.data.n_locations / batch.size  # the batch's terms stand for all S locations
         global_z, global_term = _draw(global_parameters, global_eps)
         local_z, local_term = _draw(local_parameters, local_eps)
         z = {**self.layout.global_sites(global_z), **self.layout.local_sites(local_z)}
