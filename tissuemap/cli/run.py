@@ -58,7 +58,11 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--detection-alpha", type=POSITIVE, default=defaults.MAPPING_DETECTION_ALPHA, show_default=True,
               help="Mapping: regularisation of within-slide detection variation, for samples without their own value.")
 @click.option("--mapping-epochs", type=click.IntRange(min=1), default=defaults.MAPPING_MAX_EPOCHS, show_default=True,
-              help="Mapping: training steps (at most, with --early-stopping).")
+              help="Mapping: training steps (at most, with --early-stopping); with --batch-size, epochs (passes over "
+              "the data).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Mapping: spots per training step, minibatch training of the same joint model (tissuemap map "
+              "--batch-size). Default: every step on all the data.")
 @early_stopping_options
 @click.option("--lr", type=POSITIVE, default=defaults.MAPPING_LR, show_default=True,
               help="Mapping: Adam learning rate.")

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tissuemap.mapping.data import SpatialSample
-from tissuemap.mapping.fit import MappingFit
+from tissuemap.mapping.fit_record import MappingFit
 from tissuemap.mapping.setup import MappingSetup
 
 SUMMARIES = ("means", "stds", "q05", "q95")

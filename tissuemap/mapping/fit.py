@@ -4,45 +4,13 @@ step, run by the shared training loop (:mod:`tissuemap.training`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
 
 from tissuemap.convergence import judge_convergence, log_convergence
 from tissuemap.defaults import MAPPING_LR, MAPPING_MAX_EPOCHS, MAPPING_SEED
-from tissuemap.log import counted, logger
+from tissuemap.log import logger
 from tissuemap.mapping.data import check_training_options
+from tissuemap.mapping.fit_record import MappingFit, checkpoint_key_of, device_name, diverged_message
 from tissuemap.mapping.setup import MappingSetup
-
-
-@dataclass
-class MappingFit:
-    """A trained guide and how training went."""
-
-    guide_parameters: object  # (2, P) torch tensor: locations and unconstrained scales
-    loss: np.ndarray  # −ELBO per step, Σ log Γ(x+1) included
-    device: str
-    steps: int
-    lr: float
-    seed: int
-    cuda_graph: bool
-    compiled: bool
-    timed_steps: int  # steps inside the timed training loop (warm-up steps before a CUDA graph capture excluded)
-    threads: int  # torch's CPU threads when the training loop started
-    seconds: dict = field(default_factory=dict)
-    convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
-    early_stopping: dict | None = None  # the rule and the step it stopped at (EarlyStopping.record); None: off
-
-    @property
-    def iterations_per_second(self) -> float:
-        return self.timed_steps / self.seconds["training"] if self.seconds.get("training") else float("nan")
-
-
-def _nan_message(step: int) -> str:
-    return (
-        f"training diverged (the ELBO became NaN or infinite at step {step}); check that the reference signatures "
-        "match the tissue (same species, same genes) and that --n-cells-per-location suits it, or lower --lr"
-    )
 
 
 def fit_mapping(
@@ -57,9 +25,10 @@ def fit_mapping(
     threads: int | None = None,
     stop=None,
     early_stopping=None,
+    batch_size: int | None = None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam (fewer with
-    ``early_stopping``).
+    ``early_stopping``), or with ``batch_size`` ``max_epochs`` passes over the data in minibatches.
 
     The optimiser is torch's Adam with its defaults, which is what the package trains with (scvi-tools'
     ``PyroTrainingPlan`` builds ``pyro.optim.Adam(lr)``, a torch Adam, whatever the package's docstrings say of
@@ -99,6 +68,10 @@ def fit_mapping(
         :class:`~tissuemap.early_stopping.EarlyStopping`: asked every
         :data:`~tissuemap.early_stopping.EARLY_STOPPING_EVERY` steps whether the loss has levelled off; training ends
         there if so. ``None``: all steps.
+    batch_size
+        Locations per step: minibatch training (:func:`tissuemap.mapping.minibatch.fit_minibatch`; ``max_epochs``,
+        checkpoints and early stopping then count epochs, passes over the data). ``None``: every step on all the
+        data, as the package trains by default.
 
     Raises
     ------
@@ -111,7 +84,12 @@ def fit_mapping(
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
     from tissuemap.training import FullDataSteps, TrainingLoop, capture_cuda_graph, resume_from, train
 
-    check_training_options(max_epochs, lr)
+    check_training_options(max_epochs, lr, batch_size)
+    if batch_size is not None:
+        from tissuemap.mapping.minibatch import fit_minibatch
+
+        return fit_minibatch(setup, max_epochs, batch_size, lr, seed, progress, checkpoint, threads, stop,
+                             early_stopping)
     started = time.perf_counter()
     data = setup.data
     device = data.counts.device
@@ -131,7 +109,7 @@ def fit_mapping(
     negative_elbo, compiled = objective.negative_elbo, False
     if compile_objective if compile_objective is not None else device.type == "cuda":
         negative_elbo, compiled = _checked_compile(negative_elbo, parameters)
-    checkpoint_key = _checkpoint_key(setup, max_epochs, lr, seed) if checkpoint is not None else None
+    checkpoint_key = checkpoint_key_of(setup, max_epochs, lr, seed) if checkpoint is not None else None
     first_step = resume_from(checkpoint, checkpoint_key,
                              lambda state: _restore(state, parameters, optimizer, generator, losses))
 
@@ -151,14 +129,14 @@ def fit_mapping(
 
     run = train(TrainingLoop(
         name="mapping", unit="step", total=max_epochs, run_epoch=steps.run, losses=steps.losses,
-        diverged=_nan_message, state=lambda step: _training_state(step, parameters, optimizer, generator, losses),
+        diverged=diverged_message, state=lambda step: _training_state(step, parameters, optimizer, generator, losses),
         device=device, loss_offset=objective.log_factorial_total, progress=progress, checkpoint=checkpoint,
         checkpoint_key=checkpoint_key, stop=stop, early_stopping=early_stopping, threads=threads,
     ), steps_done)
     steps_run, stopped_at, training_seconds = run.done, run.stopped_at, run.seconds
     loss = losses[:steps_run].double().cpu().numpy() + objective.log_factorial_total
     fit = MappingFit(
-        guide_parameters=parameters.detach(), loss=loss, device=_device_name(device), steps=steps_run, lr=lr,
+        guide_parameters=parameters.detach(), loss=loss, device=device_name(device), steps=steps_run, lr=lr,
         seed=seed, cuda_graph=use_graph, compiled=compiled, timed_steps=steps_run - steps_done,
         threads=run.threads,
         seconds={"model_setup": setup_seconds, "training": training_seconds},
@@ -170,19 +148,6 @@ def fit_mapping(
     fit.convergence = judge_convergence(loss, "--max-epochs", "--mapping-epochs")
     log_convergence(fit.convergence, "mapping")
     return fit
-
-
-def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) -> str:
-    """Fingerprint of everything a fit's numbers depend on: the model's data, priors, options and device type."""
-    from tissuemap.checkpoint import fingerprint
-
-    data = setup.data
-    # the optimiser names the state's layout: a checkpoint of an earlier optimiser does not match
-    settings = {"model": "mapping", "optimizer": "torch.optim.Adam", "max_epochs": max_epochs, "lr": lr,
-                "seed": seed, "device": data.counts.device.type, "priors": asdict(setup.priors)}
-    arrays = [data.counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
-              data.detection_mean]
-    return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
 
 
 def _training_state(step: int, parameters, optimizer, generator, losses) -> dict:
@@ -238,13 +203,3 @@ def _checked_compile(negative_elbo, parameters):
                        "training without it", loss_error, grad_error)
         return negative_elbo, False
     return compiled, True
-
-
-def _device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({counted(torch.get_num_threads(), 'thread')})"
-
-

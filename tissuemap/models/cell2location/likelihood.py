@@ -34,6 +34,58 @@ CPU_BLOCK_ENTRIES = 1 << 19
 GPU_BLOCK_ENTRIES = 1 << 28
 
 
+def default_block_rows(n_genes: int, device: torch.device) -> int:
+    """Locations per block: :data:`CPU_BLOCK_ENTRIES` or :data:`GPU_BLOCK_ENTRIES` entries."""
+    entries = GPU_BLOCK_ENTRIES if device.type == "cuda" else CPU_BLOCK_ENTRIES
+    return max(1, entries // n_genes)
+
+
+def block_ranges(bounds: list[tuple[int, int]], block_rows: int) -> list[tuple[int, int, int]]:
+    """``(first row, end row, batch)`` of every block: each batch's rows (``bounds``) cut into ``block_rows``."""
+    return [(first, min(first + block_rows, end), batch)
+            for batch, (start, end) in enumerate(bounds) for first in range(start, end, block_rows)]
+
+
+def histogram_cutoff(value_parts, n_batches: int, n_genes: int) -> int:
+    """The histogram's cutoff K: the smallest count value (1 to :data:`HISTOGRAM_MAX_COUNT`) exceeded by at most
+    E·G of the non-zero counts (given in parts: ``value_parts``, an iterable of tensors)."""
+    top = HISTOGRAM_MAX_COUNT + 1
+    frequency = sum(torch.bincount(values.clamp(max=top).long(), minlength=top + 1) for values in value_parts)
+    exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
+    allowed = n_batches * n_genes
+    return next((k for k in range(1, HISTOGRAM_MAX_COUNT) if exceeding[k] <= allowed), HISTOGRAM_MAX_COUNT)
+
+
+@dataclass(frozen=True)
+class HistogramTables:
+    """What Σ log Γ(x+α) − log Γ(α) needs of some counts, per batch and gene, for the cutoff K (see
+    :class:`CountTables`): the dense exceedance table and the counts above K one by one."""
+
+    exceedance: torch.Tensor  # (E, K, G): batch e's counts of gene g above j
+    large_values: torch.Tensor  # counts above K, with their batch and gene
+    large_batch: torch.Tensor
+    large_gene: torch.Tensor
+
+    @staticmethod
+    def build(parts, n_batches: int, n_genes: int, cutoff: int) -> HistogramTables:
+        """From ``parts``, an iterable of (non-zero counts, their genes, their batch: one int or one per count),
+        accumulated part by part (no temporary of all the counts)."""
+        E, G, K = n_batches, n_genes, cutoff
+        histogram = 0
+        large_values, large_batch, large_gene = [], [], []
+        for values, genes, batch in parts:
+            # histogram[e, v - 1, g]: entries of batch e and gene g with min(x, K) == v
+            histogram = histogram + torch.bincount((batch * K + values.clamp(max=K).long() - 1) * G + genes,
+                                                   minlength=E * K * G)
+            large = (values > K).nonzero().squeeze(1)  # one search, three gathers (boolean masks search each time)
+            large_values.append(values.index_select(0, large))
+            large_gene.append(genes.index_select(0, large))
+            large_batch.append(batch.index_select(0, large) if isinstance(batch, torch.Tensor)
+                               else torch.full_like(large_gene[-1], batch))
+        return HistogramTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype),
+                               *(torch.cat(part) for part in (large_values, large_batch, large_gene)))
+
+
 @dataclass(frozen=True)
 class CountBlock:
     """The observed counts of a block of consecutive locations of one batch, as their non-zero entries (row-major)."""
@@ -70,49 +122,24 @@ class CountTables:
     def __init__(self, counts: torch.Tensor, signatures: torch.Tensor, bounds: list[tuple[int, int]],
                  block_rows: int | None = None):
         self.signatures = signatures
-        n_genes = counts.shape[1]
+        n_batches, n_genes = len(bounds), counts.shape[1]
         if block_rows is None:
-            entries = GPU_BLOCK_ENTRIES if counts.device.type == "cuda" else CPU_BLOCK_ENTRIES
-            block_rows = max(1, entries // n_genes)
-        ranges = [(first, min(first + block_rows, end), batch)
-                  for batch, (start, end) in enumerate(bounds) for first in range(start, end, block_rows)]
+            block_rows = default_block_rows(n_genes, counts.device)
+        ranges = block_ranges(bounds, block_rows)
         self.blocks = []
         for start, end, batch in ranges:
             block = counts[start:end].reshape(-1)
             flat_index = torch.nonzero(block).squeeze(1)  # row-major: row * G + gene, rows counted from start
             values = block[flat_index]
             self.blocks.append(CountBlock(start, end, batch, values, -values, flat_index))
-        self.cutoff = self._histogram_cutoff(len(bounds), n_genes)
-        self._setup_tables(len(bounds), n_genes)
+        self.cutoff = histogram_cutoff((block.values for block in self.blocks), n_batches, n_genes)
+        tables = HistogramTables.build(((block.values, block.flat_index % n_genes, block.batch)
+                                        for block in self.blocks), n_batches, n_genes, self.cutoff)
+        self.exceedance = ExceedanceTerms(tables.exceedance)
+        self.large_values, self.large_batch, self.large_gene = tables.large_values, tables.large_batch, tables.large_gene
+        self.log_factorial_total = sum(float(torch.lgamma(block.values.double() + 1).sum()) for block in self.blocks)
         self.scratch = CountScratch(max(end - start for start, end, _ in ranges) * n_genes, counts)
         self.ones = counts.new_ones(counts.shape[0], 1)
-
-    def _histogram_cutoff(self, n_batches: int, n_genes: int) -> int:
-        top = HISTOGRAM_MAX_COUNT + 1
-        frequency = sum(torch.bincount(block.values.clamp(max=top).long(), minlength=top + 1) for block in self.blocks)
-        exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
-        allowed = n_batches * n_genes
-        return next((k for k in range(1, HISTOGRAM_MAX_COUNT) if exceeding[k] <= allowed), HISTOGRAM_MAX_COUNT)
-
-    def _setup_tables(self, n_batches: int, n_genes: int) -> None:
-        E, G, K = n_batches, n_genes, self.cutoff
-        histogram = 0
-        large_values, large_batch, large_gene = [], [], []
-        self.log_factorial_total = 0.0
-        for block in self.blocks:
-            values, genes = block.values, block.flat_index % G
-            # histogram[e, v - 1, g]: entries of batch e and gene g with min(x, K) == v
-            histogram = histogram + torch.bincount((block.batch * K + values.clamp(max=K).long() - 1) * G + genes,
-                                                   minlength=E * K * G)
-            large = values > K
-            large_values.append(values[large])
-            large_gene.append(genes[large])
-            large_batch.append(torch.full_like(large_gene[-1], block.batch))
-            self.log_factorial_total += float(torch.lgamma(values.double() + 1).sum())
-        self.exceedance = ExceedanceTerms(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype))
-        self.large_values, self.large_batch, self.large_gene = (
-            torch.cat(parts) for parts in (large_values, large_batch, large_gene)
-        )
 
 
 class CountScratch:
