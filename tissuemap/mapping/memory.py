@@ -179,6 +179,17 @@ def _available_host_bytes() -> int:
     return int(available)
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (VmRSS of /proc/self/status; 0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """What the map step trains with: ``batch_size`` None for full data, and the estimate it was chosen by."""
@@ -286,3 +297,16 @@ def _no_batch_fits(size: MappingSize, device_type: str, available: dict[str, int
     layers = " or leave out --expected-expression" if expected_expression else ""
     return (f"mapping {what} needs at least {short} even in batches of {smallest} spots (every spot's parameters and "
             f"the sparse counts); map fewer samples together{layers}, free memory, or use a machine with more")
+
+
+def plan_mapping_memory(samples, signatures, device, batch_size: int | str | None = None,
+                        expected_expression: bool = False, priors=None) -> MemoryPlan:
+    """:func:`plan_memory` for the samples and signatures read (before set-up), on ``device`` (a ``torch.device``)
+    with its available memory now."""
+    from tissuemap.models.cell2location import MappingPriors
+
+    n_groups = (priors if priors is not None else MappingPriors()).n_groups
+    size = MappingSize.of_inputs(samples, signatures, n_groups)
+    logger.info("this process holds %s now (the inputs read, the libraries); the plan adds to that",
+                _gib(resident_bytes()))
+    return plan_memory(size, device.type, batch_size, available_bytes(device), expected_expression)

@@ -30,6 +30,7 @@ from tissuemap.mapping.data import (
 )
 from tissuemap.mapping.export import expected_spot_counts, export_mapping, mapping_summaries
 from tissuemap.mapping.fit import MappingFit, fit_mapping
+from tissuemap.mapping.memory import plan_mapping_memory
 from tissuemap.mapping.setup import MappingSetup, setup_mapping
 
 
@@ -85,7 +86,8 @@ def map_samples(
     Raises
     ------
     InputError
-        On any input problem or out-of-range option, before training starts; or if training diverges.
+        On any input problem or out-of-range option, or if the fit would not fit in memory
+        (:mod:`tissuemap.mapping.memory`), before training starts; or if training diverges.
     """
     from tissuemap.interruption import stop_on_signals
     from tissuemap.models.device import resolve_device
@@ -107,6 +109,7 @@ def map_samples(
         attach_cell_counts(samples, cell_counts)
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
+    plan_mapping_memory(samples, signatures, torch_device, expected_expression=expected_expression)
     setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
     checkpoint = None
     if checkpoint_dir is not None:
