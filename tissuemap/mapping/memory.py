@@ -200,7 +200,8 @@ class MemoryPlan:
 
 
 def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / GIB:.1f} GiB"
+    gib = n_bytes / GIB
+    return f"{gib:.2f} GiB" if gib < 10 else f"{gib:.1f} GiB"
 
 
 def _where(kind: str, device_type: str) -> str:
