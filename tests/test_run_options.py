@@ -30,6 +30,8 @@ NOT_FOR_RUN = {
     "--plan": "the map step's mapping plan: the runner writes it with `tissuemap plan` and passes it on",
     "--cell-counts": "the map step's cell counts files: the runner passes the samplesheet's cell_counts column (checked "
                      "before any step)",
+    "--bin-size": "the qc step's Visium HD bin size: the runner passes the samplesheet's bin_size column (checked "
+                  "before any step)",
 }
 
 

@@ -29,3 +29,7 @@ SIGNATURES_LR = 0.002
 SIGNATURES_SEED = 0
 SIGNATURES_MIN_CELLS_PER_TYPE = 10
 SIGNATURES_CHECKPOINT_EVERY = 25  # epochs between checkpoints of `tissuemap signatures`
+
+# Visium HD input (tissuemap.io.visium_hd, `tissuemap qc --bin-size`, the samplesheet's bin_size): the bins read when
+# none is chosen, in micrometres. 8 um bins hold one to a few cells, the size 10x recommends to start with.
+DEFAULT_BIN_SIZE = 8

@@ -127,10 +127,13 @@ def run_qc(
     qc.uns["qc_removed_spots"] = removed
     logger.info("%s: mapping parameters stored in uns['tissuemap']: %s", sample, mapping)
 
-    metadata = adata.uns.get("spatial", {}).get(sample, {}).get("metadata", {})
+    library = adata.uns.get("spatial", {}).get(sample, {})
+    metadata = library.get("metadata", {})
     summary = {
         "sample": sample,
         "software_version": metadata.get("software_version"),
+        # Visium HD: the side of the bins read (um); null for Visium spots
+        "bin_size_um": library.get("scalefactors", {}).get("bin_size_um"),
         "spots_in_tissue": int(adata.n_obs),
         "spots_kept": int(qc.n_obs),
         "spots_removed": {

@@ -33,6 +33,16 @@ RELATIVE_PATH_COLUMNS = (*PATH_COLUMNS, "cell_counts")
 BINARY_CHECK_BYTES = 8192
 
 
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The samplesheet JSON schema shipped with the package (a link to ``assets/schema_input.json``)."""
+    return json.loads(files("tissuemap").joinpath("assets", "schema_input.json").read_text())
+
+
+# Space Ranger's Visium HD bin sizes (um), as the schema lists them for both engines.
+BIN_SIZES = tuple(load_schema()["items"]["properties"]["bin_size"]["enum"])
+
+
 @dataclass(frozen=True)
 class Sample:
     """One validated samplesheet row."""
@@ -44,12 +54,11 @@ class Sample:
     detection_alpha: float | None = None
     slide: str | None = None
     cell_counts: Path | None = None  # barcode,n_cells CSV: cells per spot counted on the image
+    bin_size: int | None = None  # Visium HD: which bins of binned_outputs/ to read (um)
 
-
-@lru_cache(maxsize=1)
-def load_schema() -> dict:
-    """The samplesheet JSON schema shipped with the package (a link to ``assets/schema_input.json``)."""
-    return json.loads(files("tissuemap").joinpath("assets", "schema_input.json").read_text())
+    def qc_options(self) -> tuple[str, ...]:
+        """This row's options of `tissuemap qc` (the Nextflow QC module passes the same from its meta map)."""
+        return ("--bin-size", str(self.bin_size)) if self.bin_size is not None else ()
 
 
 def validate_name(value: str, column: str = "sample", where: str = "--sample") -> str:
@@ -221,6 +230,7 @@ def read_samplesheet(path: str | Path, check_paths: bool = True) -> list[Sample]
                 detection_alpha=row.get("detection_alpha"),
                 slide=row.get("slide"),
                 cell_counts=Path(row["cell_counts"]) if "cell_counts" in row else None,
+                bin_size=row.get("bin_size"),
             )
         )
     logger.info("%s: %s: %s", path, counted(len(samples), "sample"), ", ".join(s.sample for s in samples))

@@ -38,14 +38,14 @@ workflow TISSUEMAP {
     ch_versions = ch_versions.mix(TISSUEMAP_PLAN.out.versions)
 
     //
-    // Samples: spot QC. Its meta is the sample's name alone, so that a change in the mapping settings does not
-    // run it again.
+    // Samples: spot QC. Its meta is the sample's name and the samplesheet's bin_size (which bins of a Visium HD
+    // folder it reads) alone, so that a change in the mapping settings does not run it again.
     //
     TISSUEMAP_QC(
         ch_samples
-            .map { meta, input, _cell_counts -> [meta.id, input] }
+            .map { meta, input, _cell_counts -> [meta.id, input, meta.bin_size] }
             .join(ch_group_of, failOnMismatch: true)
-            .map { name, input, _group -> [[id: name], input] }
+            .map { name, input, bin_size, _group -> [[id: name] + (bin_size ? [bin_size: bin_size] : [:]), input] }
     )
     ch_versions = ch_versions.mix(TISSUEMAP_QC.out.versions.first())
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from tissuemap.defaults import DEFAULT_BIN_SIZE
 from tissuemap.qc import DEFAULT_MIN_COUNTS
+from tissuemap.samplesheet import BIN_SIZES
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -18,6 +20,11 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
     help="Space Ranger outs/ folder, or .h5ad with raw counts in X and obsm['spatial'].",
 )
 @click.option("--outdir", required=True, type=click.Path(path_type=Path), help="Folder for the outputs.")
+@click.option(
+    "--bin-size", type=click.Choice([str(size) for size in BIN_SIZES]), default=None,
+    help=f"Visium HD only: the bins to read from binned_outputs/, in micrometres [default: {DEFAULT_BIN_SIZE}]. "
+    "Ignored, with a log line, for standard Visium and .h5ad input.",
+)
 @click.option(
     "--min-counts", type=click.IntRange(min=0), default=DEFAULT_MIN_COUNTS,
     help="Remove spots with fewer UMIs (mitochondrial genes excluded). The default only drops empty spots: a fixed "
@@ -37,12 +44,14 @@ def qc(
     sample: str,
     input_path: Path,
     outdir: Path,
+    bin_size: str | None,
     min_counts: int,
     n_cells_per_location: float | None,
     detection_alpha: float | None,
     slide: str | None,
 ) -> None:
-    """Read a Visium sample, move mitochondrial genes out of the matrix and remove spots under --min-counts."""
+    """Read a Visium (or Visium HD) sample, move mitochondrial genes out of the matrix and remove spots under
+    --min-counts."""
     import json
 
     from tissuemap.io import read_spatial_sample
@@ -55,7 +64,7 @@ def qc(
     validate_name(sample)
     if slide is not None:
         validate_name(slide, column="slide", where="--slide")
-    adata = read_spatial_sample(input_path, sample)
+    adata = read_spatial_sample(input_path, sample, None if bin_size is None else int(bin_size))
     result, summary = run_qc(
         adata, sample, min_counts,
         n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, slide=slide,

@@ -13,7 +13,8 @@ import numpy as np
 
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
-from tissuemap.io.visium import MATRIX_FILES, find_matrix, find_positions, read_spaceranger
+from tissuemap.io.visium import MATRIX_FILES, find_matrix, find_positions, read_images, read_spaceranger
+from tissuemap.io.visium_hd import BINNED_FOLDER, DEFAULT_BIN_SIZE, hd_bin_folder, is_visium_hd
 from tissuemap.log import logger
 
 # var columns that other tools use for gene symbols and for Ensembl ids (CELLxGENE, scanpy, Seurat conversions)
@@ -21,15 +22,19 @@ SYMBOL_COLUMNS = ("SYMBOL", "feature_name", "gene_symbols", "gene_symbol", "gene
 GENE_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "feature_id")
 
 
-def read_spatial_sample(path: str | Path, sample: str):
+def read_spatial_sample(path: str | Path, sample: str, bin_size: int | None = None):
     """Read one sample: a Space Ranger ``outs/`` folder (or the run folder above it) or an ``.h5ad`` file.
 
     Parameters
     ----------
     path
-        Space Ranger ``outs/`` folder, or ``.h5ad`` with raw counts in ``X`` and ``obsm['spatial']``.
+        Space Ranger ``outs/`` folder (standard Visium or Visium HD), or ``.h5ad`` with raw counts in ``X`` and
+        ``obsm['spatial']``.
     sample
         Sample name: ``obs['sample']`` and the library id of ``uns['spatial']``.
+    bin_size
+        Visium HD only: the bins to read, 2, 8 or 16 um (default 8; see :mod:`tissuemap.io.visium_hd`). Ignored,
+        with a log line, for other inputs.
 
     Returns
     -------
@@ -37,9 +42,41 @@ def read_spatial_sample(path: str | Path, sample: str):
     and symbols in ``var['SYMBOL']``.
     """
     path = _locate(Path(path))
+    if path.is_dir() and is_visium_hd(path):
+        return read_visium_hd(path, sample, bin_size)
+    if not path.is_dir():
+        layout = ".h5ad"
+    elif path.parent.name == BINNED_FOLDER:
+        layout = "Visium HD bin folder (read as given)"
+    else:
+        layout = "standard Visium (Space Ranger outs/)"
+    logger.info("%s: %s layout", path, layout)
+    if bin_size is not None:
+        logger.warning("%s: bin_size %s ignored: this is a %s input, not a Visium HD outs/ folder with binned_outputs/",
+                       path, bin_size, layout)
     if path.is_dir():
         return read_spaceranger(path, sample)
     return read_h5ad_sample(path, sample)
+
+
+def read_visium_hd(outs_dir: Path, sample: str, bin_size: int | None):
+    """Read the ``bin_size`` bins of a Visium HD ``outs/`` folder; the tissue images come from the bin folder's
+    ``spatial/``, else from ``outs/spatial/``, and ``bin_size_um`` is in the scale factors whatever Space Ranger
+    wrote (the plots draw each bin as a square of that size)."""
+    folder = hd_bin_folder(outs_dir, bin_size)
+    bin_size_um = DEFAULT_BIN_SIZE if bin_size is None else bin_size
+    logger.info("%s: Visium HD layout; reading the %d um bins of %s/%s%s", outs_dir, bin_size_um, BINNED_FOLDER,
+                folder.name, "" if bin_size is not None else " (the default bin size)")
+    adata = read_spaceranger(folder, sample)
+    library = adata.uns["spatial"][sample]
+    if not library["images"]:
+        library["images"] = read_images(outs_dir)
+    scalefactors = library["scalefactors"]
+    if scalefactors.get("bin_size_um") not in (None, bin_size_um):
+        logger.warning("%s: scalefactors_json.json says bin_size_um %s; its folder's name says %d, which is used",
+                       folder, scalefactors["bin_size_um"], bin_size_um)
+    scalefactors["bin_size_um"] = bin_size_um
+    return adata
 
 
 def _locate(path: Path) -> Path:
@@ -60,7 +97,7 @@ def _locate(path: Path) -> Path:
     )
 
 
-def check_spatial_input(path: str | Path) -> None:
+def check_spatial_input(path: str | Path, bin_size: int | None = None) -> None:
     """Raise :class:`InputError` unless ``path`` looks readable by :func:`read_spatial_sample`, without reading the
     counts: a Space Ranger folder with its matrix and positions files, or an ``.h5ad`` with ``X`` and
     ``obsm['spatial']``. For the checks `tissuemap run` makes before its first step."""
@@ -68,6 +105,8 @@ def check_spatial_input(path: str | Path) -> None:
 
     path = _locate(Path(path))
     if path.is_dir():
+        if is_visium_hd(path):
+            path = hd_bin_folder(path, bin_size)
         for found in (find_matrix(path), find_positions(path)):
             if not os.access(found, os.R_OK):
                 raise InputError(f"{found}: not readable (permissions); make it readable for this user")

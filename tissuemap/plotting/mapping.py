@@ -11,6 +11,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tissuemap.plotting.bins import bin_grid
+
 PANEL_SIZE = 3.4  # inches per spatial panel
 MAX_COLUMNS = 4  # few enough per row that each panel's spots stay visible
 
@@ -46,10 +48,12 @@ def plot_cells_vs_counts(adata, path: str | os.PathLike, sample: str) -> None:
 
 def plot_cell_abundance_spatial(adata, path: str | os.PathLike, sample: str, summary: str = "q05") -> None:
     """One panel per cell type: spots at their coordinates coloured by the estimated cells (default: q05, 'at least
-    this many cells'), each panel on its own colour scale."""
+    this many cells'), each panel on its own colour scale; Visium HD bins as squares of their size, rasterised."""
     table = adata.obsm[f"{summary}_cell_abundance_w_sf"]
     cell_types = adata.uns["mod"]["factor_names"]
     xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    # Visium HD bins: one raster per panel, each bin a square of its size (full-resolution units, no image here)
+    bins = bin_grid(adata.obs, xy, adata.uns.get("spatial", {}).get(sample, {}).get("scalefactors", {}), 1.0)
     columns = min(MAX_COLUMNS, len(cell_types))
     rows = math.ceil(len(cell_types) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(PANEL_SIZE * columns, PANEL_SIZE * rows), squeeze=False,
@@ -57,18 +61,25 @@ def plot_cell_abundance_spatial(adata, path: str | os.PathLike, sample: str, sum
     try:
         for axis, cell_type, column in zip(axes.flat, cell_types, table.columns):
             values = table[column].to_numpy(dtype=float)
-            points = axis.scatter(xy[:, 0], xy[:, 1], c=values, s=10, cmap="magma", vmin=0,
-                                  vmax=max(float(np.quantile(values, 0.99)), 1e-6))
+            limits = {"cmap": "magma", "vmin": 0, "vmax": max(float(np.quantile(values, 0.99)), 1e-6)}
+            if bins is not None:
+                points = bins.show(axis, bins.raster(values), **limits)
+                margin = 2 * bins.side
+                axis.set_xlim(xy[:, 0].min() - margin, xy[:, 0].max() + margin)
+                axis.set_ylim(xy[:, 1].min() - margin, xy[:, 1].max() + margin)
+            else:
+                points = axis.scatter(xy[:, 0], xy[:, 1], c=values, s=10, **limits)
             fig.colorbar(points, ax=axis, shrink=0.8)
             axis.set_title(str(cell_type), fontsize=9)
         for axis in axes.flat:
             axis.set_aspect("equal")
+            drawn = bool(axis.collections or axis.images)
             # image rows grow downwards: the largest y at the bottom, as on the slide image
-            if axis.collections:
+            if drawn:
                 axis.invert_yaxis()
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_frame_on(bool(axis.collections))
+            axis.set_frame_on(drawn)
         fig.suptitle(f"{sample}: estimated cells per spot ({summary})")
         fig.savefig(path, dpi=100)
     finally:

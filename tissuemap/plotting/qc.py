@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.collections import PatchCollection
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Patch
+
+from tissuemap.plotting.bins import bin_grid
 
 HISTOGRAM_BINS = 50
 REMOVED_COLOUR = "tab:red"
@@ -92,32 +94,47 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
     """Save the UMIs per kept spot over the tissue image (hires, else lowres); removed spots outlined in red.
 
     Without an image (or its scale factor), spots are drawn at their full-resolution coordinates on a blank canvas.
+    Visium HD bins are drawn as squares of their size, rasterised (:mod:`tissuemap.plotting.bins`).
     """
     image, scale, scale_name = image_and_scale(adata, sample)
     scalefactors = adata.uns.get("spatial", {}).get(sample, {}).get("scalefactors", {})
     xy = np.asarray(adata.obsm["spatial"], dtype=float) * scale
     removed = adata.uns.get("qc_removed_spots", pd.DataFrame(columns=["x", "y"]))
     removed_xy = removed[["x", "y"]].to_numpy(dtype=float) * scale
-    radius = spot_radius(xy, scalefactors, scale)
+    bins = bin_grid(adata.obs, xy, scalefactors, scale)
+    radius = bins.side / 2 if bins is not None else spot_radius(xy, scalefactors, scale)
+    unit = "bin" if bins is not None else "spot"
 
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     try:
         if image is not None:
             ax.imshow(image)
         umis = adata.obs["total_counts"].to_numpy(dtype=float)
-        spots = PatchCollection([Circle(point, radius) for point in xy], cmap="viridis", linewidth=0)
-        spots.set_array(umis)
         cap = umi_colour_cap(umis)
-        spots.set_clim(0, cap)
-        ax.add_collection(spots)
+        if bins is not None:
+            spots = bins.show(ax, bins.raster(umis), cmap="viridis", vmin=0, vmax=cap)
+        else:
+            spots = PatchCollection([Circle(point, radius) for point in xy], cmap="viridis", linewidth=0)
+            spots.set_array(umis)
+            spots.set_clim(0, cap)
+            ax.add_collection(spots)
         fig.colorbar(spots, ax=ax, shrink=0.8, extend="max" if umis.size and umis.max() > cap else "neither",
-                     label=f"UMIs per spot (MT genes excluded); scale ends at the {UMI_SCALE_QUANTILE:.0%} quantile "
+                     label=f"UMIs per {unit} (MT genes excluded); scale ends at the {UMI_SCALE_QUANTILE:.0%} quantile "
                            f"({cap:,.0f})")
         if len(removed_xy):
             outline = {"facecolor": "none", "edgecolor": REMOVED_COLOUR, "linewidth": 0.8}
-            ax.add_collection(PatchCollection([Circle(point, radius) for point in removed_xy], **outline))
-            # collections have no legend entry of their own: a lone circle stands for them
-            ax.legend(handles=[Circle((0, 0), 1, **outline, label=f"removed ({len(removed_xy)})")], loc="upper right")
+            label = f"removed ({len(removed_xy)})"
+            if bins is not None:  # removed bins filled in red: outlines would hide bins a few pixels wide
+                rows, columns = bins.locate(removed_xy)
+                red = np.zeros((*bins.shape, 4), dtype=np.float32)
+                red[rows, columns] = plt.matplotlib.colors.to_rgba(REMOVED_COLOUR)
+                bins.show(ax, red)
+                handle = Patch(color=REMOVED_COLOUR, label=label)
+            else:
+                ax.add_collection(PatchCollection([Circle(point, radius) for point in removed_xy], **outline))
+                # collections have no legend entry of their own: a lone circle stands for them
+                handle = Circle((0, 0), 1, **outline, label=label)
+            ax.legend(handles=[handle], loc="upper right")
         every_spot = np.vstack([xy, removed_xy])
         margin = 3 * radius
         ax.set_xlim(every_spot[:, 0].min() - margin, every_spot[:, 0].max() + margin)
@@ -126,7 +143,7 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{sample}: UMIs per spot, {adata.n_obs} spots kept ({scale_name} scale)")
+        ax.set_title(f"{sample}: UMIs per {unit}, {adata.n_obs} {unit}s kept ({scale_name} scale)")
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)

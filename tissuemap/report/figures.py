@@ -1,6 +1,8 @@
 """The reports' own figures, drawn from the mapping results; each function returns the figure as PNG bytes.
 
-Spots are drawn to scale over the sample's tissue image (hires, else lowres), as in ``NAME.qc_spatial.png``.
+Spots are drawn to scale over the sample's tissue image (hires, else lowres), as in ``NAME.qc_spatial.png``; Visium
+HD bins as squares of their size, rasterised (:mod:`tissuemap.plotting.bins`), so that a map of 500,000 bins is drawn
+in seconds and weighs what a map of spots does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 from matplotlib.collections import EllipseCollection
 from matplotlib.patches import Patch
 
+from tissuemap.plotting.bins import BinGrid, bin_grid
 from tissuemap.plotting.qc import UMI_SCALE_QUANTILE, image_and_scale, spot_radius, umi_colour_cap
 
 # Each abundance map's colour scale ends at this quantile of its values, as in the cell2location tutorial
@@ -60,6 +63,8 @@ class TissueView:
         The tissue image, or ``None``.
     xlim, ylim
         Axis limits framing the spots (y decreasing downwards, as on the slide image).
+    bins
+        For Visium HD bins, their grid (the maps are then rasters); ``None`` for spots.
     """
 
     xy: np.ndarray
@@ -67,6 +72,7 @@ class TissueView:
     image: np.ndarray | None
     xlim: tuple[float, float]
     ylim: tuple[float, float]
+    bins: BinGrid | None = None
 
     @property
     def aspect(self) -> float:
@@ -84,7 +90,8 @@ def tissue_view(adata, library_id: str) -> TissueView:
     image, scale, _ = image_and_scale(adata, library_id)
     scalefactors = adata.uns.get("spatial", {}).get(library_id, {}).get("scalefactors", {})
     xy = np.asarray(adata.obsm["spatial"], dtype=float) * scale
-    radius = spot_radius(xy, scalefactors, scale)
+    bins = bin_grid(adata.obs, xy, scalefactors, scale)
+    radius = bins.side / 2 if bins is not None else spot_radius(xy, scalefactors, scale)
     margin = 3 * radius
     return TissueView(
         xy=xy,
@@ -92,6 +99,7 @@ def tissue_view(adata, library_id: str) -> TissueView:
         image=image,
         xlim=(xy[:, 0].min() - margin, xy[:, 0].max() + margin),
         ylim=(xy[:, 1].max() + margin, xy[:, 1].min() - margin),
+        bins=bins,
     )
 
 
@@ -138,6 +146,28 @@ def _spots(ax, view: TissueView, **style) -> EllipseCollection:
     return spots
 
 
+def _value_map(ax, view: TissueView, values: np.ndarray, cmap: str, low: float, high: float):
+    """Every spot (or bin) coloured by its value on ``cmap`` from ``low`` to ``high``; returns what a colour bar
+    needs."""
+    if view.bins is not None:
+        return view.bins.show(ax, view.bins.raster(values), cmap=cmap, vmin=low, vmax=high)
+    spots = _spots(ax, view, cmap=cmap)
+    spots.set_array(values)
+    spots.set_clim(low, high)
+    return spots
+
+
+def _colour_map(ax, view: TissueView, colours: np.ndarray, **edge) -> None:
+    """Every spot in its RGB(A) colour (spots x 3 or 4), with ``edge`` around spots; bins fill their squares."""
+    if view.bins is not None:
+        colours = np.asarray(colours, dtype=float)
+        if colours.shape[1] == 3:
+            colours = np.column_stack([colours, np.ones(len(colours))])
+        view.bins.show(ax, view.bins.raster(colours))
+    else:
+        _spots(ax, view, facecolors=colours, **edge)
+
+
 def colour_scale_limit(values) -> float:
     """Upper end of an abundance map's colour scale: the ``COLOUR_SCALE_QUANTILE`` quantile of ``values``.
 
@@ -170,9 +200,7 @@ def abundance_maps(abundance: pd.DataFrame, view: TissueView) -> bytes:
     for ax, cell_type in zip(axes.flat, abundance.columns):
         values = abundance[cell_type].to_numpy(dtype=float)
         _draw_tissue(ax, view)
-        spots = _spots(ax, view, cmap=ABUNDANCE_COLOURMAP)
-        spots.set_array(values)
-        spots.set_clim(0, colour_scale_limit(values))
+        spots = _value_map(ax, view, values, ABUNDANCE_COLOURMAP, 0, colour_scale_limit(values))
         fig.colorbar(spots, ax=ax, shrink=0.8).ax.tick_params(labelsize="large")
         ax.set_title(_plain(cell_type), fontsize="x-large")
     for ax in axes.flat[n_types:]:
@@ -204,7 +232,7 @@ def dominant_type_map(dominant: pd.Series, cell_types, view: TissueView) -> byte
     legend_width = 2.5 * (1 + len(present) // 25)
     fig, ax = plt.subplots(figsize=(width + legend_width, height), layout="constrained")
     _draw_tissue(ax, view)
-    _spots(ax, view, facecolors=[colours[name] for name in dominant], **SPOT_EDGE)
+    _colour_map(ax, view, np.array([colours[name] for name in dominant]), **SPOT_EDGE)
     handles = [Patch(color=colours[name], label=_plain(f"{name} ({counts[name]})")) for name in present]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small",
               title="dominant type (spots)", ncols=1 + len(handles) // 25)
@@ -247,7 +275,7 @@ def overlay_map(abundance: pd.DataFrame, view: TissueView, cell_types: list[str]
     with plt.style.context("dark_background"):
         fig, ax = plt.subplots(figsize=(width + 3.2, height), layout="constrained")
         _draw_tissue(ax, view, OVERLAY_IMAGE_ALPHA)
-        _spots(ax, view, facecolors=rgba)
+        _colour_map(ax, view, rgba)
         handles = [Patch(color=colour, label=_plain(name)) for name, colour in zip(cell_types, colours)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="medium",
                   title="cell type (colour intensity:\nits cells per spot)")
@@ -274,9 +302,7 @@ def spot_qc_maps(adata, view: TissueView) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(3 * panel_width, height + 0.6), squeeze=False, layout="constrained")
     for ax, (values, title, (low, high)) in zip(axes.flat, panels):
         _draw_tissue(ax, view)
-        spots = _spots(ax, view, cmap="viridis")
-        spots.set_array(values)
-        spots.set_clim(low, high if high > low else low + 1)
+        spots = _value_map(ax, view, values, "viridis", low, high if high > low else low + 1)
         extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
         colour_bar = fig.colorbar(spots, ax=ax, shrink=0.8,
                                   extend=extend[bool(values.min() < low), bool(values.max() > high)])

@@ -88,6 +88,7 @@ def qc_rows(qc: dict) -> list[tuple[str, str]]:
         ("genes per spot, median (5% – 95%)", _quantile_range(qc["genes_per_spot"])),
         ("mitochondrial fraction of UMIs, median", format_percent(qc["mt_fraction"]["median"])),
         ("Space Ranger version", str(qc.get("software_version") or "–")),
+        *([("Visium HD bins", f"{format_number(qc['bin_size_um'])} µm squares")] if qc.get("bin_size_um") else []),
         ("source", qc["source"]),
     ]
 

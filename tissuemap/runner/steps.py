@@ -64,7 +64,7 @@ def _qc_steps(samples: list[Sample], options: RunOptions, outdir: Path) -> list[
     steps = []
     for sample in samples:
         args = ["--sample", sample.sample, "--input", str(sample.path), "--outdir", str(outdir / sample.sample)]
-        args += passed_options("qc", options)
+        args += [*passed_options("qc", options), *sample.qc_options()]
         steps.append(Step(f"qc/{sample.sample}", f"{sample.sample}: QC", ("qc",), tuple(args), inputs=(sample.path,)))
     return steps
 
@@ -158,7 +158,7 @@ def check_inputs(samples: list[Sample], options: RunOptions) -> None:
 
         require_spatialdata()
     for sample in samples:
-        check_spatial_input(sample.path)
+        check_spatial_input(sample.path, sample.bin_size)
         if sample.cell_counts is not None:
             from tissuemap.cell_counts import read_cell_counts
 

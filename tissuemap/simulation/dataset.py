@@ -22,6 +22,7 @@ from tissuemap.simulation.profiles import cell_type_table, expression_profiles
 from tissuemap.simulation.reference import simulate_reference
 from tissuemap.simulation.spaceranger import write_spaceranger_outs
 from tissuemap.simulation.spatial import TissueZones, cell_abundance, platform_effect, spot_counts, tissue_zones
+from tissuemap.simulation.visium_hd import hd_capture_area, simulate_hd_sample
 
 SPACERANGER_VERSIONS = ("1.3.0", "2.1.0")  # samples alternate between the two positions-file layouts
 
@@ -34,8 +35,9 @@ def sample_names(n_samples: int) -> list[str]:
 def simulate_dataset(params: SimulationParameters, outdir: str | os.PathLike) -> Path:
     """Simulate a reference and ``n_samples`` Visium samples with known cell abundance; write them to ``outdir``.
 
-    Writes ``reference.h5ad``, ``samples/<NAME>/outs/`` (Space Ranger layout), ``samplesheet.csv``
-    (``sample,spaceranger_dir``), ``simulation.json`` (every parameter) and ``truth/``: ``profiles.csv`` (genes x
+    Writes ``reference.h5ad``, ``samples/<NAME>/outs/`` (Space Ranger layout; with ``visium_hd``, the Visium HD
+    ``binned_outputs/`` of :mod:`tissuemap.simulation.visium_hd`), ``samplesheet.csv`` (``sample,spaceranger_dir``,
+    and ``bin_size`` for Visium HD), ``simulation.json`` (every parameter) and ``truth/``: ``profiles.csv`` (genes x
     types), ``platform_effect.csv``, ``cell_types.csv``, ``zones.csv``, ``reference_batches.csv``,
     ``reference_gene_effects.csv``, ``samples.csv`` and per sample ``<NAME>.cell_abundance.csv`` (spots x types,
     cells) and ``<NAME>.spots.csv`` (``zone``, ``detection_sensitivity``, ``total_cells``). The same parameters
@@ -59,7 +61,7 @@ def simulate_dataset(params: SimulationParameters, outdir: str | os.PathLike) ->
     )
     zones = tissue_zones(cell_types, params, rng)
     platform = platform_effect(len(genes), params, rng)
-    area = capture_area(params.n_spots, rng)
+    area = hd_capture_area(params.n_spots, params.bin_size) if params.visium_hd else capture_area(params.n_spots, rng)
 
     outdir = Path(outdir)
     with staged_outputs(outdir) as staging:
@@ -69,8 +71,13 @@ def simulate_dataset(params: SimulationParameters, outdir: str | os.PathLike) ->
         sample_rows = []
         with Progress(len(names), "simulated samples", "sample") as progress:
             for index, name in enumerate(names):
-                sample_rows.append(simulate_sample(staging, name, SPACERANGER_VERSIONS[index % len(SPACERANGER_VERSIONS)],
-                                                   area, zones, cell_types, profiles, platform, genes, params, rng))
+                if params.visium_hd:
+                    row = simulate_hd_sample(staging, name, area, zones, cell_types, profiles, platform, genes, params,
+                                             rng)
+                else:
+                    row = simulate_sample(staging, name, SPACERANGER_VERSIONS[index % len(SPACERANGER_VERSIONS)],
+                                          area, zones, cell_types, profiles, platform, genes, params, rng)
+                sample_rows.append(row)
                 progress.update(index + 1)
 
         profiles.to_csv(truth / "profiles.csv")
@@ -80,10 +87,10 @@ def simulate_dataset(params: SimulationParameters, outdir: str | os.PathLike) ->
         batches.to_csv(truth / "reference_batches.csv")
         gene_effects.to_csv(truth / "reference_gene_effects.csv")
         pd.DataFrame(sample_rows).to_csv(truth / "samples.csv", index=False)
-        pd.DataFrame(
-            {"sample": sample_names(params.n_samples),
-             "spaceranger_dir": [f"samples/{name}/outs" for name in sample_names(params.n_samples)]}
-        ).to_csv(staging / "samplesheet.csv", index=False)
+        samplesheet = pd.DataFrame({"sample": names, "spaceranger_dir": [f"samples/{name}/outs" for name in names]})
+        if params.visium_hd:
+            samplesheet["bin_size"] = params.bin_size
+        samplesheet.to_csv(staging / "samplesheet.csv", index=False)
         reference.write_h5ad(staging / "reference.h5ad", compression="gzip")
         (staging / "simulation.json").write_text(
             json.dumps({"tissuemap_version": __version__, "parameters": asdict(params),

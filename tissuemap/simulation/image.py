@@ -63,14 +63,15 @@ def slide_image(area: pd.DataFrame, rng: np.random.Generator) -> SlideImage:
     return SlideImage(offset=offset, shape=shape)
 
 
-def tissue_picture(section: TissueSection, total_cells: np.ndarray, image: SlideImage, longest_side: int) -> np.ndarray:
+def tissue_picture(section: TissueSection, total_cells: np.ndarray, image: SlideImage, longest_side: int,
+                   reach_um: float = 0.6 * SPOT_SPACING_UM) -> np.ndarray:
     """A picture of the slide (rows x columns x RGB, uint8) with ``longest_side`` pixels: glass, and tissue within
-    reach of a tissue spot in that spot's zone colour, darker where the spot holds more cells (denser nuclei)."""
+    ``reach_um`` of a tissue spot in that spot's zone colour, darker where the spot holds more cells (denser nuclei).
+    The default reach covers Visium's grid: a hexagonal cell's corners are 0.58 spacings from its centre."""
     from scipy.spatial import cKDTree
 
     scale = longest_side / max(image.shape)
     n_rows, n_columns = (int(round(side * scale)) for side in image.shape)
-    reach_um = 0.6 * SPOT_SPACING_UM  # a hexagonal cell's corners are 0.58 spacings from its centre
     spot_um = section.spots[["x_um", "y_um"]].to_numpy()
     low_um, high_um = spot_um.min(axis=0) - reach_um, spot_um.max(axis=0) + reach_um
     # only pixels in the tissue's bounding box can be tissue

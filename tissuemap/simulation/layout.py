@@ -56,8 +56,12 @@ class TissueSection:
     membership: np.ndarray
 
 
-def tissue_section(area: pd.DataFrame, params: SimulationParameters, rng: np.random.Generator) -> TissueSection:
+def tissue_section(area: pd.DataFrame, params: SimulationParameters, rng: np.random.Generator,
+                   area_per_spot_um2: float = SPOT_SPACING_UM * ROW_SPACING_UM) -> TissueSection:
     """Lay an irregular blob of exactly ``n_spots`` spots on the capture area and cut it into ``n_zones`` zones.
+
+    ``area_per_spot_um2``: the capture area each position stands for (Visium's hexagon; a Visium HD bin's square),
+    which sets the tissue's size in micrometres and so the scale of its zones' warp.
 
     The blob: an ellipse of random aspect whose radius wobbles with angle. Zones: k-means regions of the spots'
     coordinates after a smooth random warp, so that their boundaries curve.
@@ -77,7 +81,7 @@ def tissue_section(area: pd.DataFrame, params: SimulationParameters, rng: np.ran
 
     spots = area.loc[in_tissue].sort_index()
     spot_coords = spots[["x_um", "y_um"]].to_numpy()
-    tissue_radius = np.sqrt(params.n_spots * SPOT_SPACING_UM * ROW_SPACING_UM / np.pi)
+    tissue_radius = np.sqrt(params.n_spots * area_per_spot_um2 / np.pi)
     warped = spot_coords + 0.25 * tissue_radius * smooth_field(rng, spot_coords, tissue_radius / 3, n_fields=2)
     distance = np.linalg.norm(warped[:, None, :] - _kmeans_centres(warped, params.n_zones, rng)[None], axis=2)
     zone = distance.argmin(axis=1)

@@ -11,6 +11,13 @@ from tissuemap.errors import InputError
 
 MIN_CELLS_PER_TYPE = 50  # reference cells per type that --n-cells must allow (rare types get 25-49)
 MIN_MARKERS_PER_GROUP = 5  # marker genes of every lineage and every cell type, at the least
+VISIUM_CELLS_PER_SPOT = 8.0  # a 55 um Visium spot
+HD_CELLS_PER_8UM_BIN = 2.0  # an 8 um Visium HD bin holds one to three cells (parts of cells)
+
+
+def default_cells_per_location(visium_hd: bool, bin_size: int) -> float:
+    """Mean cells per spot, or per bin of ``bin_size`` um (scaled by the bin's area) for Visium HD."""
+    return HD_CELLS_PER_8UM_BIN * (bin_size / 8) ** 2 if visium_hd else VISIUM_CELLS_PER_SPOT
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,10 @@ class SimulationParameters:
     n_batches: int = 6
     n_zones: int = 5
     confounding: float = 0.3
-    n_cells_per_location: float = 8.0
+    n_cells_per_location: float = VISIUM_CELLS_PER_SPOT
     detection_alpha: float = 20.0
+    visium_hd: bool = False  # Visium HD bins (square grid, binned_outputs/ layout) instead of Visium spots
+    bin_size: int = 8  # Visium HD: the bins drawn, in um; the larger bin sizes are written aggregated from them
 
     # expression profiles
     mean_molecules_per_cell: float = 3000.0  # expected UMIs of an average cell in the reference at detection 1
@@ -69,6 +78,8 @@ class SimulationParameters:
     visium_detection_sample_shape: float = 10.0  # per-sample detection y_e ~ Gamma(10, 10 / mean), as in the model
     spatial_ambient_fraction_min: float = 0.02
     spatial_ambient_fraction_max: float = 0.08
+    # Visium HD bins capture less per cell than Visium spots: ~150-200 UMIs in an 8 um bin of two cells
+    hd_detection_mean: float = 0.03
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the option when the sizes cannot make a coherent data set."""
@@ -82,6 +93,11 @@ class SimulationParameters:
         for option, value in positive.items():
             if not value > 0:
                 raise InputError(f"{option} {value}: must be positive")
+        if self.visium_hd:
+            from tissuemap.samplesheet import BIN_SIZES
+
+            if self.bin_size not in BIN_SIZES:
+                raise InputError(f"--bin-size {self.bin_size}: use one of {', '.join(map(str, BIN_SIZES))}")
         if not 0 <= self.confounding <= 1:
             raise InputError(f"--confounding {self.confounding}: must be between 0 and 1")
         if self.n_cell_types < 3:

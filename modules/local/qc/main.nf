@@ -3,7 +3,7 @@ process TISSUEMAP_QC {
     label 'process_low'
 
     input:
-    // meta: id (the sample's name)
+    // meta: id (the sample's name) and bin_size (the samplesheet's, Visium HD only; tissuemap qc applies its default)
     tuple val(meta), path(sample_input)
 
     output:
@@ -14,10 +14,12 @@ process TISSUEMAP_QC {
 
     script:
     def args = task.ext.args ?: ''
+    def bin_size_option = meta.bin_size ? "--bin-size ${meta.bin_size}" : ''
     """
     tissuemap-qc \\
         --sample ${meta.id} \\
         --input ${sample_input} \\
+        ${bin_size_option} \\
         ${args} \\
         --outdir .
     """

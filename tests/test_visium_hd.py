@@ -1,0 +1,214 @@
+"""Visium HD input: the binned_outputs/ layout read at a chosen bin size, the samplesheet's bin_size reaching the QC
+step, one-line errors for a bad HD folder, the simulated HD samples, and bins drawn as rasters of real-size squares."""
+
+import json
+import logging
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from tissuemap.cli import main
+from tissuemap.errors import InputError
+from tissuemap.io import read_spatial_sample
+from tissuemap.io.spatial import check_spatial_input
+from tissuemap.plotting.bins import bin_grid
+from tissuemap.report.figures import TissueView, abundance_maps, tissue_view
+from tissuemap.report.inputs import read_abundance
+from tissuemap.runner import RunOptions, plan_steps
+from tissuemap.samplesheet import read_samplesheet
+from tissuemap.simulation.dataset import simulate_dataset
+from tissuemap.simulation.parameters import SimulationParameters
+
+# drawn at 2 um, so that all three Space Ranger bin folders exist (8 and 16 um aggregated)
+SMALL_HD = {"seed": 3, "n_samples": 1, "n_spots": 6000, "n_genes": 150, "n_cell_types": 6, "n_cells": 400,
+            "n_batches": 3, "n_zones": 3, "visium_hd": True, "bin_size": 2, "n_cells_per_location": 0.125}
+
+
+@pytest.fixture(scope="module")
+def hd_dataset(tmp_path_factory):
+    return simulate_dataset(SimulationParameters(**SMALL_HD), tmp_path_factory.mktemp("hd") / "data")
+
+
+@pytest.fixture(scope="module")
+def outs(hd_dataset):
+    return hd_dataset / "samples" / "sample1" / "outs"
+
+
+def hd_copy(outs, tmp_path):
+    shutil.copytree(outs, tmp_path / "outs")
+    return tmp_path / "outs"
+
+
+@pytest.mark.parametrize("bin_size", [2, 8, 16])
+def test_each_bin_size_is_read_with_its_positions_and_scale_factors(outs, bin_size):
+    adata = read_spatial_sample(outs, "hd", bin_size)
+    folder = outs / "binned_outputs" / f"square_{bin_size:03d}um"
+    positions = pd.read_parquet(folder / "spatial" / "tissue_positions.parquet").set_index("barcode")
+    assert adata.n_obs == int(positions["in_tissue"].sum())
+    assert adata.obs_names.str.startswith(f"s_{bin_size:03d}um_").all()
+    placed = positions.loc[adata.obs_names]
+    assert np.allclose(adata.obsm["spatial"], placed[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy())
+    assert (adata.obs["array_row"].to_numpy() == placed["array_row"].to_numpy()).all()
+    scalefactors = adata.uns["spatial"]["hd"]["scalefactors"]
+    assert scalefactors["bin_size_um"] == bin_size and scalefactors["microns_per_pixel"] > 0
+    assert set(adata.uns["spatial"]["hd"]["images"]) == {"hires", "lowres"}
+
+
+def test_larger_bins_hold_the_counts_of_the_smaller_ones(outs):
+    totals = {size: read_spatial_sample(outs, "hd", size).X.sum() for size in (2, 8, 16)}
+    assert totals[2] == totals[8] == totals[16] > 0
+
+
+def test_default_bin_size_is_8_and_the_layout_is_logged(outs, caplog):
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        adata = read_spatial_sample(outs, "hd")
+    assert adata.obs_names.str.startswith("s_008um_").all()
+    assert "Visium HD layout; reading the 8 um bins of binned_outputs/square_008um (the default" in caplog.text
+
+
+def test_bin_size_is_ignored_for_standard_visium_and_says_so(real_data, caplog):
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        adata = read_spatial_sample(real_data / "visium" / "breast_crop", "breast", 16)
+    assert adata.n_obs == 338
+    assert "standard Visium (Space Ranger outs/) layout" in caplog.text
+    assert "bin_size 16 ignored" in caplog.text
+
+
+def test_samplesheet_bin_size_is_checked_and_reaches_the_qc_step(outs, tmp_path):
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text(f"sample,spaceranger_dir,bin_size\nhd,{outs},16\nhd8,{outs},\n")
+    samples = read_samplesheet(sheet)
+    assert [sample.bin_size for sample in samples] == [16, None]
+    steps = plan_steps(sheet, RunOptions(signatures=tmp_path / "signatures.csv", n_cells_per_location=2), tmp_path)
+    qc_args = {step.key: step.args for step in steps if step.command == ("qc",)}
+    assert qc_args["qc/hd"][qc_args["qc/hd"].index("--bin-size") + 1] == "16"
+    assert "--bin-size" not in qc_args["qc/hd8"]  # tissuemap qc applies its default
+    sheet.write_text(f"sample,spaceranger_dir,bin_size\nhd,{outs},4\n")
+    with pytest.raises(InputError, match=r"row 1 \(sample 'hd'\), column 'bin_size': bin_size must be 2, 8 or 16"):
+        read_samplesheet(sheet)
+
+
+def missing_bin_folder(outs, tmp_path):
+    outs = hd_copy(outs, tmp_path)
+    shutil.rmtree(outs / "binned_outputs" / "square_016um")
+    return outs, "16", "square_016um: not found (bin size 16 um; this folder has square_002um, square_008um)"
+
+
+def missing_parquet(outs, tmp_path):
+    outs = hd_copy(outs, tmp_path)
+    (outs / "binned_outputs" / "square_008um" / "spatial" / "tissue_positions.parquet").unlink()
+    return outs, "8", "square_008um/spatial/tissue_positions.parquet: not found (Visium HD bin positions)"
+
+
+def missing_matrix(outs, tmp_path):
+    outs = hd_copy(outs, tmp_path)
+    (outs / "binned_outputs" / "square_008um" / "filtered_feature_bc_matrix.h5").unlink()
+    return outs, "8", "square_008um: no filtered_feature_bc_matrix.h5 or raw_feature_bc_matrix.h5"
+
+
+@pytest.mark.parametrize("spoil", [missing_bin_folder, missing_parquet, missing_matrix])
+def test_bad_hd_folder_is_a_one_line_error_without_output(outs, tmp_path, spoil):
+    spoiled, bin_size, message = spoil(outs, tmp_path)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_spatial_input(spoiled, int(bin_size))  # tissuemap run's check before any step
+    result = CliRunner().invoke(main, ["qc", "--sample", "hd", "--input", str(spoiled), "--bin-size", bin_size,
+                                       "--outdir", str(tmp_path / "qc")])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "qc").exists()
+
+
+def test_unknown_bin_size_is_refused_by_qc(outs, tmp_path):
+    result = CliRunner().invoke(main, ["qc", "--sample", "hd", "--input", str(outs), "--bin-size", "4",
+                                       "--outdir", str(tmp_path / "qc")])
+    assert result.exit_code == 2 and "'4' is not one of '2', '8', '16'" in result.output
+    assert not (tmp_path / "qc").exists()
+
+
+def test_simulated_hd_sample_layout_depth_and_truth(hd_dataset, outs):
+    assert pd.read_csv(hd_dataset / "samplesheet.csv")["bin_size"].tolist() == [2]
+    truth = pd.read_csv(hd_dataset / "truth" / "sample1.cell_abundance.csv", index_col=0)
+    truth16 = pd.read_csv(hd_dataset / "truth" / "sample1.square_016um.cell_abundance.csv", index_col=0)
+    assert len(truth) == SMALL_HD["n_spots"] and truth.to_numpy().sum() == truth16.to_numpy().sum()
+    # one to three cells per 8 um bin (2 from the zones' types, plus rare types' cells), at low depth
+    assert 1 < 16 * truth.to_numpy().sum(axis=1).mean() < 3
+    with h5py.File(outs / "binned_outputs" / "square_016um" / "filtered_feature_bc_matrix.h5") as handle:
+        barcodes = handle["matrix/barcodes"][:].astype(str)
+    assert list(barcodes) == sorted(truth16.index)
+    positions = pd.read_parquet(outs / "binned_outputs" / "square_016um" / "spatial" / "tissue_positions.parquet")
+    assert list(positions.columns) == ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
+                                       "pxl_col_in_fullres"]
+    scalefactors = json.loads((outs / "binned_outputs" / "square_016um" / "spatial" / "scalefactors_json.json")
+                              .read_text())
+    assert scalefactors["bin_size_um"] == 16
+    side_pixels = np.diff(np.sort(positions["pxl_col_in_fullres"].unique())[:2])[0]
+    assert side_pixels == pytest.approx(16 / scalefactors["microns_per_pixel"])
+    umis_8um = np.asarray(read_spatial_sample(outs, "hd", 8).X.sum(axis=1)).ravel()
+    assert 50 < np.median(umis_8um) < 500
+
+
+def test_hd_simulation_is_reproducible(hd_dataset, tmp_path):
+    again = simulate_dataset(SimulationParameters(**SMALL_HD), tmp_path / "again")
+    name = "samples/sample1/outs/binned_outputs/square_008um/filtered_feature_bc_matrix.h5"
+    assert (again / name).read_bytes() == (hd_dataset / name).read_bytes()
+
+
+def rotated_bins(n_side: int, side: float, angle: float):
+    rows, columns = (grid.ravel() for grid in np.mgrid[0:n_side, 0:n_side])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    xy = (np.column_stack([columns, rows]) * side) @ rotation.T + [500.0, 300.0]
+    obs = pd.DataFrame({"array_row": rows + 7, "array_col": columns + 3})
+    return obs, xy
+
+
+def test_bins_are_squares_of_their_size_on_a_rotated_grid():
+    obs, xy = rotated_bins(20, 13.0, 0.3)
+    grid = bin_grid(obs, xy, {"bin_size_um": 8.0, "microns_per_pixel": 8 / 13}, 1.0)
+    assert grid.side == pytest.approx(13.0)
+    rows, columns = grid.locate(xy)
+    assert (rows == obs["array_row"] - 7).all() and (columns == obs["array_col"] - 3).all()
+    # without grid indices, axis-aligned bins are placed from their positions
+    obs_free, xy_free = rotated_bins(20, 13.0, 0.0)
+    free = bin_grid(obs_free.iloc[:, :0], xy_free, {"bin_size_um": 8.0, "microns_per_pixel": 8 / 13}, 1.0)
+    assert free.side == pytest.approx(13.0) and free.shape == (20, 20)
+    # spots (no bin size) are not bins
+    assert bin_grid(obs, xy, {"spot_diameter_fullres": 90.0}, 1.0) is None
+
+
+def test_a_map_of_250000_bins_is_a_small_png():
+    obs, xy = rotated_bins(500, 10.0, 0.0)
+    grid = bin_grid(obs, xy, {"bin_size_um": 8.0, "microns_per_pixel": 0.8}, 1.0)
+    view = TissueView(xy=xy, radius=5.0, image=None, xlim=(xy[:, 0].min() - 15, xy[:, 0].max() + 15),
+                      ylim=(xy[:, 1].max() + 15, xy[:, 1].min() - 15), bins=grid)
+    rng = np.random.default_rng(0)
+    abundance = pd.DataFrame(rng.gamma(1.0, 1.0, (len(xy), 3)), columns=["A", "B", "C"])
+    assert len(abundance_maps(abundance, view)) < 2_000_000
+
+
+def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
+    def invoke(*args):
+        result = CliRunner().invoke(main, [str(arg) for arg in args])
+        assert result.exit_code == 0, result.output
+
+    invoke("qc", "--sample", "hd", "--input", outs, "--bin-size", 16, "--outdir", tmp_path / "hd")
+    assert json.loads((tmp_path / "hd" / "hd.qc.json").read_text())["bin_size_um"] == 16
+    invoke("signatures", "--reference", hd_dataset / "reference.h5ad", "--labels-key", "cell_type", "--method", "mean",
+           "--outdir", tmp_path / "reference")
+    invoke("map", "--spatial", tmp_path / "hd" / "hd.qc.h5ad", "--signatures", tmp_path / "reference" / "signatures.csv",
+           "--n-cells-per-location", 8, "--max-epochs", 3, "--min-shared-genes", 100, "--outdir", tmp_path / "mapped")
+    for path in (tmp_path / "hd").iterdir():
+        shutil.copy(path, tmp_path / "mapped" / "hd")
+    invoke("report", "sample", "--sample", "hd", "--input-dir", tmp_path / "mapped" / "hd", "--outdir", tmp_path)
+    abundance = read_abundance(tmp_path / "mapped" / "hd" / "hd.abundance.h5ad")
+    assert tissue_view(abundance, "hd").bins is not None  # the report drew 16 um squares, not circles
+    assert tissue_view(abundance, "hd").bins.side == pytest.approx(
+        16 / abundance.uns["spatial"]["hd"]["scalefactors"]["microns_per_pixel"]
+        * abundance.uns["spatial"]["hd"]["scalefactors"]["tissue_hires_scalef"])
+    page = (tmp_path / "hd.report.html").read_text()
+    assert "<th scope=\"row\">Visium HD bins</th><td>16 µm squares</td>" in page
+    assert len(page) < 3_000_000
