@@ -145,7 +145,10 @@ def setup_mapping(
     for sample in ordered:
         end = start + sample.adata.n_obs
         block = sample.adata[:, match.spatial_names].X
-        counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
+        if sp.issparse(block) and block.dtype == counts.dtype:
+            block.toarray(out=counts[start:end])  # straight into place: no second dense copy of the sample
+        else:
+            counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
         rows[sample.name] = slice(start, end)
         sample_batch[sample.name] = batch_names.index(sample.slide)
         n_cells[start:end], alpha[start:end] = sample.spot_cells_prior(), sample.detection_alpha
