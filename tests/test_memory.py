@@ -72,7 +72,7 @@ def test_a_fit_that_cannot_work_is_a_one_line_error():
             plan_memory(HD, "cpu", batch_size, nothing)
         assert "\n" not in str(error.value)
     between = host(minibatch_bytes(HD, 5000, "cpu")["host"])
-    with pytest.raises(InputError, match=r"full-data fit .* use --batch-size auto \(at most [\d,]+ spots per step"):
+    with pytest.raises(InputError, match=r"full-data fit .* use --batch-size auto \(batches of up to [\d,]+ spots fit"):
         plan_memory(HD, "cpu", None, between)
     with pytest.raises(InputError, match=r"--batch-size 100000: .* use --batch-size \d+ or auto"):
         plan_memory(HD, "cpu", 100_000, between)

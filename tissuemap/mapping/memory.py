@@ -36,6 +36,11 @@ GATHER_BYTES_PER_NONZERO = 6 * INT64  # a batch's gathered counts: positions, ro
 EXPORT_SUMMARY_COPIES = 8
 INPUT_COPY_BYTES_PER_NONZERO = FLOAT32 + 4  # a sample's counts subset to the shared genes (CSR: value, int32 gene)
 LAYER_BYTES_PER_NONZERO = FLOAT32 + 4  # one expected-expression layer (CSR: float32 value, int32 gene)
+# what the itemised terms miss, fitted to the measured peak RSS (benchmarks/RESULTS.md, "Memory plan"): libraries
+# loaded after the plan (torch's compiler stack at the first Adam, ~70 MiB; matplotlib), the set-up's subset copy of
+# the sparse counts, allocator slack
+UNITEMISED_BYTES = 200 << 20
+UNITEMISED_BYTES_PER_NONZERO = 8
 SMALLEST_BATCH = 256  # fewer spots per step than this: the per-step overhead dominates, and no longer worth planning
 
 
@@ -119,9 +124,10 @@ def full_data_bytes(size: MappingSize, device_type: str, expected_expression: bo
                 + 2 * size.layout.size * FLOAT32 * FULL_STEP_PARAMETER_COPIES
                 + _block_bytes(size.n_locations, size, device_type))
     export = _export_bytes(size, expected_expression)
+    unitemised = UNITEMISED_BYTES + size.n_nonzero * UNITEMISED_BYTES_PER_NONZERO
     if device_type == "cuda":  # the host builds the counts and exports; the device holds the counts and trains
-        return {"host": dense + export, "device": dense + training}
-    return {"host": dense + max(training, export)}
+        return {"host": dense + export + unitemised, "device": dense + training}
+    return {"host": dense + max(training, export) + unitemised}
 
 
 def minibatch_bytes(size: MappingSize, batch_size: int, device_type: str,
@@ -140,9 +146,10 @@ def minibatch_bytes(size: MappingSize, batch_size: int, device_type: str,
             + 2 * batch_size * size.local_width * FLOAT32 * MINIBATCH_BATCH_COPIES
             + _block_bytes(batch_size, size, device_type))
     export = _export_bytes(size, expected_expression)
+    unitemised = UNITEMISED_BYTES + size.n_nonzero * UNITEMISED_BYTES_PER_NONZERO
     if device_type == "cuda":
-        return {"host": export, "device": resident + step}
-    return {"host": resident + max(step, export)}
+        return {"host": export + unitemised, "device": resident + step}
+    return {"host": resident + max(step, export) + unitemised}
 
 
 def available_bytes(device) -> dict[str, int]:
@@ -272,8 +279,8 @@ def plan_memory(size: MappingSize, device_type: str, batch_size: int | str | Non
         if largest is None:
             raise InputError(_no_batch_fits(size, device_type, available, expected_expression, what))
         if batch_size is None:
-            raise InputError(f"the full-data fit of {what} needs {short}; use --batch-size auto (at most "
-                             f"{largest:,} spots per step fit) or free memory")
+            raise InputError(f"the full-data fit of {what} needs {short}; use --batch-size auto (batches of up to "
+                             f"{largest:,} spots fit: a minibatch fit holds the counts sparse) or free memory")
         needed = minibatch_bytes(size, largest, device_type, expected_expression)
         logger.info("--batch-size auto: full data does not fit (%s); training on %s spots per step, which needs %s",
                     short, f"{largest:,}", _describe(needed, available, device_type))
