@@ -59,21 +59,27 @@ def interrupt_after_saves(monkeypatch, n_saves: int) -> None:
     monkeypatch.setattr(Checkpointing, "save", save_then_interrupt)
 
 
-def test_resumed_mapping_fit_equals_uninterrupted(mapping_inputs, tmp_path, monkeypatch):
+# minibatch training (--batch-size) checkpoints every so many epochs: 30 spots in batches of 7, the last of 2
+MODES = {"full data": (), "minibatch": ("--batch-size", "7")}
+
+
+@pytest.mark.parametrize("batch_size", [None, 7], ids=MODES)
+def test_resumed_mapping_fit_equals_uninterrupted(mapping_inputs, tmp_path, monkeypatch, batch_size):
     spatial, signatures = mapping_inputs
-    setup = setup_mapping([read_qc_sample(spatial, 5.0)], read_signatures(signatures), min_shared_genes=10)
-    uninterrupted = fit_mapping(setup, 30, lr=0.02, seed=3, progress=False)
+    setup = setup_mapping([read_qc_sample(spatial, 5.0)], read_signatures(signatures), min_shared_genes=10,
+                          sparse_counts=batch_size is not None)
+    uninterrupted = fit_mapping(setup, 30, lr=0.02, seed=3, progress=False, batch_size=batch_size)
     checkpoint = Checkpointing(tmp_path / ".tiny.map.ckpt.pt", every=10, resume=True)
     with monkeypatch.context() as patch:
         interrupt_after_saves(patch, 2)
         with pytest.raises(KeyboardInterrupt):
-            fit_mapping(setup, 30, lr=0.02, seed=3, progress=False, checkpoint=checkpoint)
+            fit_mapping(setup, 30, lr=0.02, seed=3, progress=False, checkpoint=checkpoint, batch_size=batch_size)
     assert torch.load(checkpoint.path, weights_only=False)["step"] == 20
-    resumed = fit_mapping(setup, 30, lr=0.02, seed=3, progress=False, checkpoint=checkpoint)
+    resumed = fit_mapping(setup, 30, lr=0.02, seed=3, progress=False, checkpoint=checkpoint, batch_size=batch_size)
     assert torch.equal(resumed.guide_parameters, uninterrupted.guide_parameters)
     np.testing.assert_array_equal(resumed.loss, uninterrupted.loss)
     with pytest.raises(InputError, match="checkpoint of other inputs or settings"):
-        fit_mapping(setup, 30, lr=0.02, seed=4, progress=False, checkpoint=checkpoint)
+        fit_mapping(setup, 30, lr=0.02, seed=4, progress=False, checkpoint=checkpoint, batch_size=batch_size)
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -96,18 +102,20 @@ def map_command(spatial, signatures, outdir, *extra):
             "--outdir", str(outdir), *extra]
 
 
-def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES)
+def test_interrupted_map_command_resumes_to_the_same_outputs(mapping_inputs, tmp_path, monkeypatch, mode):
     spatial, signatures = mapping_inputs
     runner = CliRunner()
-    result = runner.invoke(main, map_command(spatial, signatures, tmp_path / "whole"))
+    result = runner.invoke(main, map_command(spatial, signatures, tmp_path / "whole", *mode))
     assert result.exit_code == 0, result.output
     outdir = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
         interrupt_after_saves(patch, 1)
-        result = runner.invoke(main, map_command(spatial, signatures, outdir, "--checkpoint-every", "10"))
+        result = runner.invoke(main, map_command(spatial, signatures, outdir, "--checkpoint-every", "10", *mode))
     assert result.exit_code != 0
     assert [path.name for path in outdir.iterdir()] == [".tiny.map.ckpt.pt"]  # no half-written output
-    result = runner.invoke(main, map_command(spatial, signatures, outdir, "--checkpoint-every", "10", "--resume"))
+    result = runner.invoke(main, map_command(spatial, signatures, outdir, "--checkpoint-every", "10", "--resume",
+                                             *mode))
     assert result.exit_code == 0, result.output
     assert not (outdir / ".tiny.map.ckpt.pt").exists()
     for table in ("tiny.cell_abundance_q05.csv", "tiny.cell_abundance_mean.csv"):
@@ -185,19 +193,23 @@ def assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, tot
     return step
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda signum: signum.name)
+@pytest.mark.parametrize(("signum", "mode"), [(signal.SIGTERM, "full data"), (signal.SIGINT, "full data"),
+                                               (signal.SIGTERM, "minibatch")],
+                         ids=lambda value: getattr(value, "name", value))
 def test_a_signal_stops_map_with_a_checkpoint_and_resume_gives_the_uninterrupted_outputs(mapping_inputs, tmp_path,
-                                                                                        signum):
+                                                                                        signum, mode):
     """SIGTERM (a cluster's walltime, a preempted instance) or SIGINT (Ctrl-C) in the middle of training: the state
     is saved at once into --checkpoint-dir, the command exits with 75 and writes no output; --resume then gives
     the outputs of an uninterrupted run, bit for bit."""
     spatial, signatures = mapping_inputs
     outdir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
-    command = map_command(spatial, signatures, outdir, "--checkpoint-every", "20", "--checkpoint-dir", str(checkpoints))
+    command = map_command(spatial, signatures, outdir, "--checkpoint-every", "20", "--checkpoint-dir", str(checkpoints),
+                          *MODES[mode])
     command[command.index("--max-epochs") + 1] = "1000"  # far more than run before the signal
     checkpoint = checkpoints / ".tiny.map.ckpt.pt"
     returncode, stderr = run_and_signal(command, checkpoint, signum)
-    assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, 1000, "steps")
+    assert_stopped_with_a_checkpoint(returncode, stderr, signum, checkpoint, 1000,
+                                     "steps" if mode == "full data" else "epochs")
     assert list(outdir.iterdir()) == []
 
     runner = CliRunner()
@@ -205,7 +217,7 @@ def test_a_signal_stops_map_with_a_checkpoint_and_resume_gives_the_uninterrupted
     assert result.exit_code == 0, result.output
     assert not checkpoint.exists()
     whole = tmp_path / "whole"
-    uninterrupted = map_command(spatial, signatures, whole, "--max-epochs", "1000")
+    uninterrupted = map_command(spatial, signatures, whole, "--max-epochs", "1000", *MODES[mode])
     assert runner.invoke(main, uninterrupted).exit_code == 0
     for table in ("tiny.cell_abundance_q05.csv", "tiny.cell_abundance_mean.csv"):
         assert (outdir / "tiny" / table).read_bytes() == (whole / "tiny" / table).read_bytes()

@@ -70,14 +70,15 @@ def test_plan_runs_every_step_in_order(three_samples, tmp_path):
 
 def test_run_options_reach_the_training_steps(three_samples, tmp_path):
     options = RunOptions(reference="ref.h5ad", labels_key="cell_type", batch_key="batch", covariate_keys="tech",
-                         regression_epochs=7, mapping_epochs=11, n_cells_per_location=20, device="cpu", seed=3)
+                         regression_epochs=7, mapping_epochs=11, batch_size=500, n_cells_per_location=20, device="cpu",
+                         seed=3)
     steps = steps_by_key(three_samples, options, tmp_path)
     assert steps["signatures"].command_line().endswith(
         "--labels-key cell_type --batch-key batch --covariate-keys tech --max-epochs 7 --device cpu --seed 3 "
         f"--checkpoint-dir {tmp_path / '.checkpoints' / 'signatures'} --resume --outdir {tmp_path / 'reference'}"
     )
     assert option(steps["plan"], "--n-cells-per-location") == "20"
-    assert "--max-epochs 11 --device cpu --seed 3" in steps["map/c"].command_line()
+    assert "--max-epochs 11 --batch-size 500 --device cpu --seed 3" in steps["map/c"].command_line()
     # each training step continues from its own checkpoint of an interrupted run
     assert option(steps["map/c"], "--checkpoint-dir") == str(tmp_path / ".checkpoints" / "map-c")
     assert "--resume" in steps["map/c"].args

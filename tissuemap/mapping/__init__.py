@@ -12,6 +12,8 @@ The steps, each a plain function in a module of its own:
    synchronisation inside the loop except about once a second (progress and NaN check, paced by
    :class:`tissuemap.progress.Progress`) and at checkpoints (:mod:`tissuemap.checkpoint`), from which an interrupted
    fit continues with the same numbers. Whether the loss levelled off is judged by :mod:`tissuemap.convergence`.
+   With a batch size, :mod:`~tissuemap.mapping.minibatch` trains the same model on minibatches of spots instead
+   (stochastic variational inference, for data too large for full-data steps).
 4. :func:`~tissuemap.mapping.export.export_mapping` writes each sample's posterior into an AnnData, in the
    cell2location package's naming, with exact log-normal summaries of the guide (no posterior sampling).
 

@@ -32,15 +32,16 @@ class MappingFit:
     seconds: dict = field(default_factory=dict)
     convergence: dict = field(default_factory=dict)  # tissuemap.convergence.judge_convergence of the loss
     early_stopping: dict | None = None  # the rule and the step it stopped at (EarlyStopping.record); None: off
+    batch_size: int | None = None  # locations per step of a minibatch fit (steps are then epochs); None: full data
 
     @property
     def iterations_per_second(self) -> float:
         return self.timed_steps / self.seconds["training"] if self.seconds.get("training") else float("nan")
 
 
-def _nan_message(step: int) -> str:
+def _nan_message(step: int, unit: str = "step") -> str:
     return (
-        f"training diverged (the ELBO became NaN or infinite at step {step}); check that the reference signatures "
+        f"training diverged (the ELBO became NaN or infinite at {unit} {step}); check that the reference signatures "
         "match the tissue (same species, same genes) and that --n-cells-per-location suits it, or lower --lr"
     )
 
@@ -57,9 +58,10 @@ def fit_mapping(
     threads: int | None = None,
     stop=None,
     early_stopping=None,
+    batch_size: int | None = None,
 ) -> MappingFit:
     """Train the cell2location guide on ``setup``'s data: ``max_epochs`` full-data steps of Adam (fewer with
-    ``early_stopping``).
+    ``early_stopping``), or with ``batch_size`` ``max_epochs`` passes over the data in minibatches.
 
     The optimiser is torch's Adam with its defaults, which is what the package trains with (scvi-tools'
     ``PyroTrainingPlan`` builds ``pyro.optim.Adam(lr)``, a torch Adam, whatever the package's docstrings say of
@@ -99,6 +101,10 @@ def fit_mapping(
         :class:`~tissuemap.early_stopping.EarlyStopping`: asked every
         :data:`~tissuemap.early_stopping.EARLY_STOPPING_EVERY` steps whether the loss has levelled off; training ends
         there if so. ``None``: all steps.
+    batch_size
+        Locations per step: minibatch training (:func:`tissuemap.mapping.minibatch.fit_minibatch`; ``max_epochs``,
+        checkpoints and early stopping then count epochs, passes over the data). ``None``: every step on all the
+        data, as the package trains by default.
 
     Raises
     ------
@@ -111,7 +117,12 @@ def fit_mapping(
     from tissuemap.models.cell2location import MappingObjective, initial_guide_parameters
     from tissuemap.training import FullDataSteps, TrainingLoop, capture_cuda_graph, resume_from, train
 
-    check_training_options(max_epochs, lr)
+    check_training_options(max_epochs, lr, batch_size)
+    if batch_size is not None:
+        from tissuemap.mapping.minibatch import fit_minibatch
+
+        return fit_minibatch(setup, max_epochs, batch_size, lr, seed, progress, checkpoint, threads, stop,
+                             early_stopping)
     started = time.perf_counter()
     data = setup.data
     device = data.counts.device
@@ -172,15 +183,22 @@ def fit_mapping(
     return fit
 
 
-def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int) -> str:
+def _checkpoint_key(setup: MappingSetup, max_epochs: int, lr: float, seed: int, batch_size: int | None = None) -> str:
     """Fingerprint of everything a fit's numbers depend on: the model's data, priors, options and device type."""
+    import torch
+
     from tissuemap.checkpoint import fingerprint
 
     data = setup.data
     # the optimiser names the state's layout: a checkpoint of an earlier optimiser does not match
     settings = {"model": "mapping", "optimizer": "torch.optim.Adam", "max_epochs": max_epochs, "lr": lr,
                 "seed": seed, "device": data.counts.device.type, "priors": asdict(setup.priors)}
-    arrays = [data.counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
+    counts = [data.counts]
+    if batch_size is not None:  # (the default's settings stay as they were: its checkpoints keep matching)
+        settings.update(batch_size=batch_size, optimizer="torch.optim.Adam, RowwiseAdam for the locations")
+    if data.counts.layout == torch.sparse_csr:
+        counts = [data.counts.crow_indices(), data.counts.col_indices(), data.counts.values()]
+    arrays = [*counts, data.batch_index, data.signatures, data.n_cells_per_location, data.detection_alpha,
               data.detection_mean]
     return fingerprint(settings, [tensor.cpu().numpy() for tensor in arrays])
 

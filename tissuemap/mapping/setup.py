@@ -86,6 +86,7 @@ def setup_mapping(
     device=None,
     signatures_name: str = "signatures",
     priors=None,
+    sparse_counts: bool = False,
 ) -> MappingSetup:
     """Subset the samples and the signatures to their shared genes and stack the samples into the model's tensors.
 
@@ -106,6 +107,8 @@ def setup_mapping(
         How messages name the signatures (their file).
     priors
         :class:`~tissuemap.models.cell2location.MappingPriors`; the package's defaults when ``None``.
+    sparse_counts
+        Hold the counts as a torch sparse CSR tensor (what a minibatch fit reads), never dense; else dense.
 
     Raises
     ------
@@ -138,14 +141,18 @@ def setup_mapping(
             f"{match.n_shared} genes shared with the spatial data; remove it from the signatures"
         )
 
-    counts = np.empty((sum(sample.adata.n_obs for sample in ordered), match.n_shared), dtype=np.float32)
+    n_locations = sum(sample.adata.n_obs for sample in ordered)
+    counts = None if sparse_counts else np.empty((n_locations, match.n_shared), dtype=np.float32)
+    sparse_blocks = []
     rows, sample_batch, start = {}, {}, 0
-    n_cells, alpha, batch_index = (np.empty(len(counts), dtype=np.float32) for _ in range(3))
-    sample_n_cells = np.empty(len(counts), dtype=np.float64)
+    n_cells, alpha, batch_index = (np.empty(n_locations, dtype=np.float32) for _ in range(3))
+    sample_n_cells = np.empty(n_locations, dtype=np.float64)
     for sample in ordered:
         end = start + sample.adata.n_obs
         block = sample.adata[:, match.spatial_names].X
-        if sp.issparse(block) and block.dtype == counts.dtype:
+        if sparse_counts:
+            sparse_blocks.append(sp.csr_matrix(block, dtype=np.float32))
+        elif sp.issparse(block) and block.dtype == counts.dtype:
             block.toarray(out=counts[start:end])  # straight into place: no second dense copy of the sample
         else:
             counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -157,15 +164,25 @@ def setup_mapping(
         batch_index[start:end] = sample_batch[sample.name]
         start = end
     batch_index = batch_index.astype(np.int64)
-    totals = counts.sum(axis=1, dtype=np.float64)
+    if sparse_counts:
+        sparse = sp.vstack(sparse_blocks, format="csr")
+        totals = np.asarray(sparse.sum(axis=1, dtype=np.float64)).ravel()
+    else:
+        totals = counts.sum(axis=1, dtype=np.float64)
     if (totals == 0).any():
         logger.warning("%d spots have no count on the shared genes; their detection sensitivity will be ~0",
                        int((totals == 0).sum()))
     d_hat = detection_mean(totals, sample_n_cells, batch_index, signature_matrix.astype(np.float64))
 
     device = torch.device("cpu") if device is None else device
+    if sparse_counts:
+        from tissuemap.models.cell2location.minibatch import csr_counts
+
+        counts_tensor = csr_counts(sparse.indptr, sparse.indices, sparse.data, sparse.shape, device)
+    else:
+        counts_tensor = torch.from_numpy(counts).to(device)
     data = MappingData(
-        counts=torch.from_numpy(counts).to(device),
+        counts=counts_tensor,
         batch_index=torch.from_numpy(batch_index).to(device),
         signatures=torch.from_numpy(signature_matrix).to(device),
         n_cells_per_location=torch.from_numpy(n_cells).reshape(-1, 1).to(device),
@@ -174,7 +191,7 @@ def setup_mapping(
     )
     logger.info(
         "Mapping %d spots (%s) x %d genes onto %d cell types in %s; detection mean d = %.4g",
-        len(counts), ", ".join(names), match.n_shared, len(signatures.columns), counted(len(batch_names), "batch"),
+        n_locations, ", ".join(names), match.n_shared, len(signatures.columns), counted(len(batch_names), "batch"),
         d_hat,
     )
     return MappingSetup(

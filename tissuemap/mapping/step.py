@@ -64,6 +64,7 @@ def map_samples(
     threads: int | None = None,
     early_stopping=None,
     cell_counts: dict[str, str | os.PathLike] | None = None,
+    batch_size: int | str | None = None,
 ) -> MappingResult:
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
@@ -79,6 +80,10 @@ def map_samples(
     ``threads``: torch's CPU threads (and those of the libraries that start later), set now and again right before
     training; ``None`` leaves them as they are. ``early_stopping``: an
     :class:`~tissuemap.early_stopping.EarlyStopping` rule, or ``None`` for all ``max_epochs`` steps.
+
+    ``batch_size``: spots per step of minibatch training (``max_epochs`` then counts passes over the data; the counts
+    stay sparse), ``None``: every step on all the data (:func:`fit_mapping`), ``"auto"``: full data if the memory
+    plan (:mod:`tissuemap.mapping.memory`, made before set-up) says it fits, else the largest batch that fits.
 
     ``cell_counts``: sample name -> its cell counts file (:mod:`tissuemap.cell_counts`), whose counts replace N̂ for
     the spots they list; the key ``""`` stands for the only sample mapped.
@@ -96,7 +101,7 @@ def map_samples(
     if n_cells_per_location is not None:
         check_positive(n_cells_per_location, "the number of cells per location", "--n-cells-per-location")
     check_positive(detection_alpha, "detection alpha", "--detection-alpha")
-    check_training_options(max_epochs, lr)
+    check_training_options(max_epochs, lr, batch_size)
     if threads is not None:
         from tissuemap.threads import use_threads
 
@@ -109,8 +114,9 @@ def map_samples(
         attach_cell_counts(samples, cell_counts)
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
-    plan_mapping_memory(samples, signatures, torch_device, expected_expression=expected_expression)
-    setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path))
+    batch_size = plan_mapping_memory(samples, signatures, torch_device, batch_size, expected_expression).batch_size
+    setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path),
+                          sparse_counts=batch_size is not None)
     checkpoint = None
     if checkpoint_dir is not None:
         from tissuemap.checkpoint import Checkpointing
@@ -119,7 +125,7 @@ def map_samples(
         checkpoint = Checkpointing(Path(checkpoint_dir) / f".{name}.map.ckpt.pt", checkpoint_every, resume)
     with stop_on_signals() as stop:
         fit = fit_mapping(setup, max_epochs, lr, seed, progress=progress, checkpoint=checkpoint, threads=threads,
-                          stop=stop, early_stopping=early_stopping)
+                          stop=stop, early_stopping=early_stopping, batch_size=batch_size)
     started = time.perf_counter()
     summaries = mapping_summaries(setup, fit)
     exported = export_mapping(setup, fit, expected_expression, summaries)
@@ -156,7 +162,9 @@ def history_record(result: MappingResult, name: str) -> dict:
         "converged": fit.convergence.get("converged"),
         "convergence": fit.convergence,
         "loss_definition": "negative ELBO of the whole fit (all samples fitted together), log(x!) included",
+        "batch_size": fit.batch_size,
         "loss_every": 1,
+        "loss_unit": "step" if fit.batch_size is None else "epoch",
         "early_stopping": fit.early_stopping,
         "loss": [float(value) for value in fit.loss],
     }
@@ -196,7 +204,8 @@ def write_mapping_outputs(result: MappingResult, outdir: str | os.PathLike, spat
 
             together = "" if len(setup.samples) == 1 else f" (fitted with {len(setup.samples) - 1} other samples)"
             plot_elbo_history({"-ELBO": fit.loss}, staging / f"{name}.mapping_elbo.png",
-                              f"{name}: cell2location training{together}", xlabel="step")
+                              f"{name}: cell2location training{together}",
+                              xlabel="step" if fit.batch_size is None else "epoch")
             n_rows = min(adata.n_obs, max(1, QC_PLOT_ENTRIES // adata.n_vars))
             rows = np.linspace(0, adata.n_obs - 1, n_rows).round().astype(int)
             plot_observed_vs_expected(adata.X[rows], expected_spot_counts(setup, means, name, rows),

@@ -94,16 +94,19 @@ def qc_rows(qc: dict) -> list[tuple[str, str]]:
 
 
 def mapping_rows(history: dict) -> list[tuple[str, str]]:
-    """Key numbers of ``NAME.mapping_history.json``."""
+    """Key numbers of ``NAME.mapping_history.json`` (a minibatch fit's in epochs, with its batch size)."""
+    unit = history.get("loss_unit", "step")
+    batch = [("spots per training step", format_number(history["batch_size"]))] if history.get("batch_size") else []
     return [
         ("genes shared with the signatures", format_number(history["n_genes"])),
         ("samples fitted together", ", ".join(history["samples_fitted_together"])),
-        ("training steps", format_number(history["steps"])),
+        *batch,
+        (f"training {unit}s", format_number(history["steps"])),
         ("loss levelled off", converged_text(history.get("converged"))),
         ("final loss (-ELBO)", format_number(float(history["loss"][-1]), 6)),
         ("device", str(history["device"])),
         ("training time (s)", format_number(history["seconds"]["training"])),
-        ("steps per second", format_number(history["iterations_per_second"])),
+        (f"{unit}s per second", format_number(history["iterations_per_second"])),
     ]
 
 

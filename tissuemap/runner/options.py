@@ -36,6 +36,7 @@ class RunOptions:
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
     mapping_epochs: int | None = None
+    batch_size: int | str | None = None
     early_stopping: bool = False
     early_stopping_tolerance: float | None = None
     early_stopping_window: int | None = None
@@ -68,8 +69,9 @@ PASSED_OPTIONS: dict[str, dict[str, str]] = {
         "--batch-size": "regression_batch_size", "--device": "device", "--seed": "seed", "--threads": "threads",
     },
     "map": {
-        "--max-epochs": "mapping_epochs", "--lr": "lr", "--min-shared-genes": "min_shared_genes", "--device": "device",
-        "--seed": "seed", "--threads": "threads", "--early-stopping": "early_stopping",
+        "--max-epochs": "mapping_epochs", "--batch-size": "batch_size", "--lr": "lr",
+        "--min-shared-genes": "min_shared_genes", "--device": "device", "--seed": "seed", "--threads": "threads",
+        "--early-stopping": "early_stopping",
         "--early-stopping-tolerance": "early_stopping_tolerance", "--early-stopping-window": "early_stopping_window",
         "--spatialdata": "spatialdata",
     },

@@ -1,0 +1,294 @@
+"""Minibatch (stochastic variational) objective of the cell2location mapping model: N locations per step.
+
+The model and the guide are those of :mod:`tissuemap.models.cell2location`; only the estimate of the ELBO changes.
+All samples form one joint model:
+
+- the *global* sites (m̄, u_m, m_g, k_r, x_rf, y_e, a, m_e, u_e, s_eg, φ, v_eg) are shared: their prior and guide
+  terms enter every step exactly;
+- the *local* sites of a location (:data:`~.sites.LOCATION_SITES`: n_s, b_s, z_sr, w_sf, y_s) enter only when the
+  location is in the batch: their prior and guide terms and the whole likelihood of the batch's counts are scaled by
+  S/N (S locations in all, N in the batch), so that the loss is an unbiased estimate of the full-data loss.
+
+The batch's likelihood is written as in :mod:`.stable_likelihood`, without the large, nearly cancelling terms of
+the full-data form. Its terms that involve only α_eg and the counts (the count histogram's) are estimated from the
+batch too, not computed exactly from the full data: for a large α they cancel, spot by spot, most of a μ-dependent
+term, and apart they do not cancel within a batch, whose share of each slide's spots varies. Measured on 2 × 2,000
+simulated spots (benchmarks/RESULTS.md, "Minibatch mapping"): with exact full-data terms the loss estimate swung by
+up to 1e18 after ~200 epochs; with the full-data form estimated from the batch, the fit learned to exploit float32
+rounding at large α (the loss fell to half the full-data fit's while the guides of some α widened to σ > 4).
+
+Over an epoch (a partition of the locations into batches), the batches' losses and gradients weighted by N_b/S sum to
+the full-data ones for the same guide noise; with equal batch sizes that is their mean (``tests/test_minibatch.py``).
+
+Counts stay sparse (torch CSR, on the model's device); a batch's non-zero counts are gathered by index selection on
+the device. Each step reads two small vectors back to the host (the batch's locations per slide and the counts per
+block), which sizes the blocks: memory is bounded by the batch, not the data.
+
+Guide parameters are held split (:class:`SplitLayout`): the global sites as one ``(2, P_global)`` tensor, the local
+sites as a ``(2, S, L)`` table with one row of L values per location (``L = 3 + R + F``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from tissuemap.models.cell2location.objective import (
+    CPU_BLOCK_ENTRIES,
+    GPU_BLOCK_ENTRIES,
+    HALF_LOG_2PI,
+    CountBlock,
+)
+from tissuemap.models.cell2location.sites import (
+    LOCATION_SITES,
+    SITE_NAMES,
+    SITES,
+    MappingData,
+    MappingPriors,
+    SiteLayout,
+    guide_scale,
+)
+from tissuemap.models.cell2location.stable_likelihood import StableMeanTerms, count_terms
+from tissuemap.models.negative_binomial import (
+    HISTOGRAM_MAX_COUNT,
+    count_steps,
+    exceedance_table,
+)
+
+
+class SplitLayout:
+    """The guide's flat ``(2, P)`` parameters (:class:`SiteLayout`) as a global vector and a per-location table."""
+
+    def __init__(self, layout: SiteLayout):
+        self.layout = layout
+        self.n_locations = layout.shapes["n_s"][0]
+        self.global_names = tuple(name for name in SITE_NAMES if name not in LOCATION_SITES)
+        self.global_offsets, offset = {}, 0
+        for name in self.global_names:
+            self.global_offsets[name] = offset
+            offset += math.prod(layout.shapes[name])
+        self.global_size = offset
+        self.local_columns, column = {}, 0
+        for name in LOCATION_SITES:
+            width = layout.shapes[name][1]
+            self.local_columns[name] = slice(column, column + width)
+            column += width
+        self.local_width = column
+
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., P)`` -> global ``(..., P_global)`` and local ``(..., S, L)``."""
+        sites, lead = self.layout.split(flat), flat.shape[:-1]
+        global_part = torch.cat([sites[name].reshape(*lead, -1) for name in self.global_names], -1)
+        return global_part, torch.cat([sites[name] for name in LOCATION_SITES], -1)
+
+    def join(self, global_part: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`split` for ``(2, ...)`` parameters: the ``(2, P)`` tensor in :class:`SiteLayout` order."""
+        return torch.stack([self.layout.join({**self.global_sites(global_part[row]), **self.local_sites(local[row])})
+                            for row in range(global_part.shape[0])])
+
+    def global_sites(self, global_part: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of a ``(P_global,)`` vector as every global site's shape."""
+        return {name: global_part[self.global_offsets[name]: self.global_offsets[name] + math.prod(shape)]
+                .reshape(shape) for name, shape in ((n, self.layout.shapes[n]) for n in self.global_names)}
+
+    def local_sites(self, local: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of an ``(n, L)`` table as every local site's ``(n, width)``."""
+        return {name: local[..., columns] for name, columns in self.local_columns.items()}
+
+
+def csr_counts(indptr, indices, values, shape: tuple[int, int], device=None) -> torch.Tensor:
+    """A torch sparse CSR tensor of counts (``indptr``, ``indices``, ``values`` as scipy's CSR holds them, indices
+    made int64), without torch's one-time "beta" warning in the user's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(torch.as_tensor(indptr, dtype=torch.int64, device=device),
+                                       torch.as_tensor(indices, dtype=torch.int64, device=device),
+                                       torch.as_tensor(values, device=device), size=shape,
+                                       check_invariants=False)  # scipy built it: valid
+
+
+def as_csr(counts: torch.Tensor) -> torch.Tensor:
+    """``counts`` as a torch sparse CSR tensor (dense counts converted, on their device)."""
+    if counts.layout == torch.sparse_csr:
+        return counts
+    rows, genes = counts.nonzero(as_tuple=True)
+    indptr = torch.nn.functional.pad(torch.bincount(rows, minlength=counts.shape[0]).cumsum(0), (1, 0))
+    return csr_counts(indptr, genes, counts[rows, genes], tuple(counts.shape), counts.device)
+
+
+def histogram_cutoff(values: torch.Tensor, n_batches: int, n_genes: int) -> int:
+    """K, as :class:`~.objective.MappingObjective` chooses it: the smallest count value (1 to
+    ``HISTOGRAM_MAX_COUNT``) exceeded by at most E·G of the non-zero counts ``values`` (zeros never exceed it)."""
+    top = HISTOGRAM_MAX_COUNT + 1
+    frequency = torch.bincount(values.clamp(max=top).long(), minlength=top + 1)
+    exceeding = frequency.flip(0).cumsum(0).flip(0)[1:].tolist()  # exceeding[k]: entries with x > k
+    allowed = n_batches * n_genes
+    return next((k for k in range(1, HISTOGRAM_MAX_COUNT) if exceeding[k] <= allowed), HISTOGRAM_MAX_COUNT)
+
+
+@dataclass(frozen=True)
+class CountTables:
+    """What ``Σ log Γ(x+α) − log Γ(α)`` needs of some counts (see :func:`count_tables`)."""
+
+    exceedance: torch.Tensor  # (E, K, G): counts of slide e and gene g above j
+    large_values: torch.Tensor  # counts above K, one by one, with their slide and gene
+    large_batch: torch.Tensor
+    large_gene: torch.Tensor
+
+
+def count_tables(values: torch.Tensor, genes: torch.Tensor, slides: torch.Tensor, n_batches: int, n_genes: int,
+                 cutoff: int) -> CountTables:
+    """The histogram tables of the non-zero counts ``values`` (each with its gene and slide) for the cutoff K, as
+    :class:`~.objective.MappingObjective` builds them from dense counts."""
+    E, G, K = n_batches, n_genes, cutoff
+    histogram = torch.bincount((slides * K + values.clamp(max=K).long() - 1) * G + genes, minlength=E * K * G)
+    large = values > K
+    return CountTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype), values[large],
+                       slides[large], genes[large])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The locations of one step and their non-zero counts, in blocks of one slide each (:class:`CountBlock`, rows
+    counted within the batch). ``ids`` are sorted, so that each slide's locations are contiguous."""
+
+    ids: torch.Tensor  # (N,) location indices, ascending
+    slides: torch.Tensor  # (N,) slide of each
+    blocks: list[CountBlock]
+    tables: CountTables  # of the batch's counts
+    signatures: torch.Tensor  # (F, G), for StableMeanTerms
+
+    @property
+    def size(self) -> int:
+        return self.ids.numel()
+
+
+def gamma_log_density(shape, rate, z, theta) -> torch.Tensor:
+    """Σ log Gamma(θ; shape, rate) with log θ = z given (shape and rate broadcast to θ's shape)."""
+    return (shape * torch.log(rate) + (shape - 1) * z - rate * theta - torch.lgamma(shape)).sum()
+
+
+class MinibatchObjective:
+    """The negative ELBO of the cell2location model estimated from a batch of locations (see the module's note).
+
+    Parameters
+    ----------
+    data
+        The model's data; ``counts`` a torch sparse CSR tensor (S × G) on the model's device (dense counts are
+        converted).
+    priors
+        Fixed hyper-parameters.
+    block_rows
+        Locations per block of the likelihood; ``None``: as :class:`~.objective.MappingObjective` chooses.
+    """
+
+    def __init__(self, data: MappingData, priors: MappingPriors = MappingPriors(), block_rows: int | None = None):
+        data = dataclasses.replace(data, counts=as_csr(data.counts))
+        counts = data.counts
+        self.data, self.priors = data, priors
+        self.layout = SplitLayout(SiteLayout.for_data(data, priors))
+        self.indptr = counts.crow_indices().long()
+        self.genes = counts.col_indices().long()
+        self.values = counts.values()
+        self.signatures = data.signatures
+        self.cutoff = histogram_cutoff(self.values, data.n_batches, data.n_genes)
+        self.count_steps = count_steps(self.cutoff, self.values)
+        self.log_factorial_total = float(torch.lgamma(self.values.double() + 1).sum())
+        G = data.n_genes
+        if block_rows is None:
+            entries = GPU_BLOCK_ENTRIES if counts.device.type == "cuda" else CPU_BLOCK_ENTRIES
+            block_rows = max(1, entries // G)
+        self.block_rows = block_rows
+
+    def batch(self, ids: torch.Tensor) -> Batch:
+        """The batch of locations ``ids`` (unique; any order), its non-zero counts gathered on the device."""
+        ids = ids.sort().values
+        slides = self.data.batch_index[ids]
+        starts = self.indptr[ids]
+        lengths = self.indptr[ids + 1] - starts
+        G, E = self.data.n_genes, self.data.n_batches
+        per_slide = torch.bincount(slides, minlength=E).tolist()  # host read 1: rows of each slide
+        bounds, first = [], 0
+        for slide, rows in enumerate(per_slide):
+            bounds += [(start, min(start + self.block_rows, first + rows), slide)
+                       for start in range(first, first + rows, self.block_rows)]
+            first += rows
+        entry_ends = lengths.cumsum(0)
+        block_ends = entry_ends[torch.tensor([end - 1 for _, end, _ in bounds], device=ids.device)].tolist()  # read 2
+        total = block_ends[-1]
+        row_of_entry = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lengths,
+                                               output_size=total)
+        # position in the CSR arrays: the row's start there, minus where the row starts in the batch, plus the rank
+        entry = torch.repeat_interleave(starts - (entry_ends - lengths), lengths, output_size=total)
+        entry += torch.arange(total, device=ids.device)
+        values, genes = self.values.index_select(0, entry), self.genes.index_select(0, entry)
+        blocks, entry_start = [], 0
+        for (start, end, slide), entry_end in zip(bounds, block_ends):
+            part = slice(entry_start, entry_end)
+            blocks.append(CountBlock(start, end, slide, values[part], (row_of_entry[part] - start) * G + genes[part]))
+            entry_start = entry_end
+        tables = count_tables(values, genes, slides[row_of_entry], E, G, self.cutoff)
+        return Batch(ids, slides, blocks, tables, self.signatures)
+
+    def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:
+        """Gamma shape and rate of every site's prior (:data:`~.sites.SITES`), the per-location ones for the batch's
+        rows: the table's priors asked with the data of the batch's locations."""
+        data = self.data
+        rows = dataclasses.replace(data, batch_index=batch.slides, n_cells_per_location=data.n_cells_per_location[
+            batch.ids], detection_alpha=data.detection_alpha[batch.ids])
+
+        def tensor(value) -> torch.Tensor:
+            return value if isinstance(value, torch.Tensor) else v["a"].new_full((), value)
+
+        return {site.name: tuple(tensor(value) for value in site.prior(v, rows, self.priors)) for site in SITES}
+
+    def log_likelihood(self, theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """log p(the batch's counts | sites) without the constant −Σ log Γ(x+1), in the form of
+        :mod:`.stable_likelihood`."""
+        alpha = theta["v_eg"].pow(-2)  # (E, G)
+        mean_terms = StableMeanTerms.apply(theta["w_sf"], theta["m_g"], theta["s_eg"], theta["y_s"], alpha, batch)
+        tables = batch.tables
+        return mean_terms + count_terms(tables.exceedance, tables.large_values,
+                                        alpha[tables.large_batch, tables.large_gene], alpha, self.count_steps,
+                                        self.cutoff)
+
+    def negative_elbo(self, global_parameters: torch.Tensor, local_parameters: torch.Tensor,
+                      global_eps: torch.Tensor, local_eps: torch.Tensor, batch: Batch,
+                      scale: float | None = None) -> torch.Tensor:
+        """Estimate of −ELBO (without Σ log Γ(x+1)) from ``batch``, for the guide sample ``θ = exp(loc + σ·eps)``.
+
+        Parameters
+        ----------
+        global_parameters
+            ``(2, P_global)`` locations and unconstrained scales of the global sites.
+        local_parameters
+            ``(2, N, L)`` those of the batch's locations, rows in ``batch.ids`` order.
+        global_eps, local_eps
+            ``(P_global,)`` and ``(N, L)`` standard normal noise.
+        scale
+            Weight of the batch's terms; ``None``: S/N, the unbiased estimate.
+        """
+        scale = self.data.n_locations / batch.size if scale is None else scale
+        global_z, global_term = _draw(global_parameters, global_eps)
+        local_z, local_term = _draw(local_parameters, local_eps)
+        z = {**self.layout.global_sites(global_z), **self.layout.local_sites(local_z)}
+        theta = {name: torch.exp(value) for name, value in z.items()}
+        parameters = self._prior_parameters(theta, batch)
+
+        def log_prior(names):
+            return sum(gamma_log_density(*parameters[name], z[name], theta[name]) for name in names)
+
+        exact = log_prior(self.layout.global_names) + global_term
+        estimated = log_prior(LOCATION_SITES) + self.log_likelihood(theta, batch) + local_term
+        return -(exact + scale * estimated)
+
+
+def _draw(parameters: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z = loc + σ·eps`` and −log q of the draw (its normal density and the Jacobian of θ = exp(z))."""
+    loc, scale = parameters[0], guide_scale(parameters[1])
+    z = loc + scale * eps
+    return z, (0.5 * eps.square() + torch.log(scale) + z).sum() + HALF_LOG_2PI * eps.numel()
