@@ -128,3 +128,32 @@ def test_streamed_expected_expression_equals_the_unstreamed_one(small_fit):
     for cell_type, layer in whole.items():
         assert (streamed[cell_type] != layer).nnz == 0
         np.testing.assert_array_equal(streamed[cell_type].indptr, layer.indptr)
+
+
+def test_batch_size_auto_chooses_before_set_up(qc_samples, monkeypatch, caplog):
+    paths = [qc_samples / f"{name}.qc.h5ad" for name in ("sample1", "sample2")]
+    samples = [read_qc_sample(path, 8.0) for path in paths]
+    size = MappingSize.of_inputs(samples, read_signatures(qc_samples / "signatures.csv"), 50)
+    options = dict(n_cells_per_location=8, max_epochs=2, device="cpu", min_shared_genes=10, progress=False)
+    with caplog.at_level("INFO", logger="tissuemap"):
+        full = map_samples(paths, qc_samples / "signatures.csv", batch_size="auto", **options)
+    assert full.fit.batch_size is None and "full data fits" in caplog.text
+    # memory for a minibatch fit of 100 spots but not for the full-data fit (made huge): auto trains on batches
+    monkeypatch.setattr(memory, "SMALLEST_BATCH", 50)
+    monkeypatch.setattr(memory, "full_data_bytes", lambda *args, **kwargs: {"host": 1 << 60})
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device: {"host": minibatch_bytes(size, 100, "cpu")["host"]})
+    batched = map_samples(paths, qc_samples / "signatures.csv", batch_size="auto", **options)
+    assert 50 <= batched.fit.batch_size <= 100
+
+
+def test_batch_size_option_takes_a_number_or_auto(qc_samples, tmp_path):
+    from click.testing import CliRunner
+
+    from tissuemap.cli import main
+
+    result = CliRunner().invoke(main, ["map", "--spatial", str(qc_samples / "sample1.qc.h5ad"), "--signatures",
+                                       str(qc_samples / "signatures.csv"), "--batch-size", "many", "--outdir",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "'many' is neither a whole number of spots (at least 1) nor auto" in result.output
