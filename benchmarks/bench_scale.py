@@ -58,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="calibrate: also write the expected-expression layers (slow: gzip of F layers)")
     parser.add_argument("--curve-bins", default="10000,50000,200000", help="curve: sample sizes (bins)")
     parser.add_argument("--curve-epochs", type=int, default=3, help="curve: epochs of every fit")
+    parser.add_argument("--curve-modes", default="full data,minibatch", help="curve: the fits to run")
     parser.add_argument("--extrapolate-bins", type=int, default=1_000_000, help="curve: extrapolated size")
     parser.add_argument("--hd-bins", type=int, default=200_000, help="hd: bins of the sample")
     parser.add_argument("--hd-epochs", type=int, default=30, help="hd: most epochs (early stopping may end sooner)")
@@ -153,6 +154,8 @@ def curve(args: argparse.Namespace) -> list[dict]:
         name = f"hd{n_bins}"
         qc_file = simulate(args, name, n_bins, visium_hd=True)
         for mode, options in (("full data", []), ("minibatch", ["--batch-size", str(args.batch_size)])):
+            if mode not in args.curve_modes.split(","):
+                continue
             try:
                 fit = map_step(args, f"{name}.map.{mode.replace(' ', '')}", qc_file, f"{name}/map_{mode[0]}",
                                ["--max-epochs", str(args.curve_epochs), *options])
@@ -193,8 +196,14 @@ def hd(args: argparse.Namespace) -> list[dict]:
     qc_file = simulate(args, name, args.hd_bins, visium_hd=True)
     fit = map_step(args, f"{name}.map.hd", qc_file, f"{name}/map_hd",
                    ["--max-epochs", str(args.hd_epochs), "--batch-size", str(args.batch_size), "--early-stopping"])
-    report = run_step(args, f"{name}.report", ["report", "--qc", f"{name}/qc/sample1", "--mapping",
-                                               f"{name}/map_hd/sample1", "--outdir", f"{name}/report"])
+    inputs = args.workdir / name / "report_inputs"  # the report reads the QC's and the mapping's files from one folder
+    inputs.mkdir(exist_ok=True)
+    for folder in (args.workdir / name / "qc" / "sample1", args.workdir / name / "map_hd" / "sample1"):
+        for path in folder.iterdir():
+            if not (inputs / path.name).exists():
+                (inputs / path.name).symlink_to(path)
+    report = run_step(args, f"{name}.report", ["report", "sample", "--sample", "sample1", "--input-dir",
+                                               str(inputs), "--outdir", f"{name}/report"])
     mapped = ad.read_h5ad(args.workdir / name / "map_hd" / "sample1" / "sample1.abundance.h5ad")
     truth = pd.read_csv(args.workdir / name / "truth" / "sample1.cell_abundance.csv", index_col=0)
     q05 = mapped.obsm["q05_cell_abundance_w_sf"]
