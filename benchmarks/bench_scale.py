@@ -39,6 +39,7 @@ from pathlib import Path
 
 GIB = 1 << 30
 PLAN_LINE = re.compile(r"full data needs ([\d.]+) GiB")
+MINIBATCH_PLAN_LINE = re.compile(r"(?:minibatch of|training on) [\d,]+ spots per step(?:,)? (?:which )?needs ([\d.]+) GiB")
 HELD_LINE = re.compile(r"this process holds ([\d.]+) GiB")
 
 
@@ -105,7 +106,8 @@ def map_step(args: argparse.Namespace, name: str, qc_file: Path, outdir: str, op
                                    str(signatures.relative_to(args.workdir)), "--threads", str(args.threads),
                                    "--seed", str(args.seed), "--outdir", outdir, *options])
     history = json.loads((args.workdir / outdir / "sample1" / "sample1.mapping_history.json").read_text())
-    plan, held = PLAN_LINE.search(result["log"]), HELD_LINE.search(result["log"])
+    plan = MINIBATCH_PLAN_LINE.search(result["log"]) or PLAN_LINE.search(result["log"])
+    held = HELD_LINE.search(result["log"])
     result.update(
         history_seconds=history["seconds"], steps=history["steps"], converged=history["converged"],
         iterations_per_second=history["iterations_per_second"], n_spots=history["n_spots"],
@@ -166,7 +168,7 @@ def curve(args: argparse.Namespace) -> list[dict]:
             per_epoch_steps = 1 if mode == "full data" else -(-fit["n_spots"] // args.batch_size)
             rows.append({"stage": "curve", "bins": fit["n_spots"], "genes": fit["n_genes"], "mode": mode,
                          "seconds_per_epoch": epoch_seconds, "seconds_per_step": epoch_seconds / per_epoch_steps,
-                         "peak_rss_gib": fit["peak_rss_gib"], "plan_gib": fit["plan_gib"]})
+                         "peak_rss_gib": fit["peak_rss_gib"], "plan_gib": fit["plan_gib"], "held_gib": fit["held_gib"]})
             print(json.dumps(rows[-1]), flush=True)
             last = fit
     if last is not None:  # the same density as the largest sample, scaled to the extrapolated size on a GPU
