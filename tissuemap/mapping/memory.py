@@ -22,8 +22,9 @@ from tissuemap.log import logger
 GIB = 1 << 30
 FLOAT32, INT64, FLOAT64 = 4, 8, 8
 # float32 copies of the (2, P) guide parameters alive in a full-data step: parameters, gradient, Adam's two moments,
-# and the objective's P-sized temporaries (noise, draw, θ, prior shapes and rates, autograd's saved tensors)
-FULL_STEP_PARAMETER_COPIES = 16
+# and the objective's P-sized temporaries (noise, draw, θ, prior shapes and rates, autograd's saved tensors); the
+# count was fitted with the terms below to the measured peak RSS
+FULL_STEP_PARAMETER_COPIES = 7
 # the same per local value in a minibatch step: the table, Adam's two moments (each (2, S, L)), the batch's draws
 MINIBATCH_LOCAL_COPIES = 6
 MINIBATCH_BATCH_COPIES = 20  # float32 copies of the batch's (2, N, L) parameters a step makes (gather, draw, grads)
@@ -36,11 +37,12 @@ GATHER_BYTES_PER_NONZERO = 6 * INT64  # a batch's gathered counts: positions, ro
 EXPORT_SUMMARY_COPIES = 8
 INPUT_COPY_BYTES_PER_NONZERO = FLOAT32 + 4  # a sample's counts subset to the shared genes (CSR: value, int32 gene)
 LAYER_BYTES_PER_NONZERO = FLOAT32 + 4  # one expected-expression layer (CSR: float32 value, int32 gene)
-# what the itemised terms miss, fitted to the measured peak RSS (benchmarks/RESULTS.md, "Memory plan"): libraries
+# what the itemised terms miss, fitted to the measured peak RSS of six CPU fits (benchmarks/RESULTS.md, "Memory plan
+# ..."): libraries
 # loaded after the plan (torch's compiler stack at the first Adam, ~70 MiB; matplotlib), the set-up's subset copy of
 # the sparse counts, allocator slack
-UNITEMISED_BYTES = 200 << 20
-UNITEMISED_BYTES_PER_NONZERO = 8
+UNITEMISED_BYTES = 256 << 20
+UNITEMISED_BYTES_PER_NONZERO = 14
 SMALLEST_BATCH = 256  # fewer spots per step than this: the per-step overhead dominates, and no longer worth planning
 
 
