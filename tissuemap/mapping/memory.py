@@ -25,16 +25,17 @@ FLOAT32, INT64, FLOAT64 = 4, 8, 8
 # and the objective's P-sized temporaries (noise, draw, θ, prior shapes and rates, autograd's saved tensors); the
 # count was fitted with the terms below to the measured peak RSS
 FULL_STEP_PARAMETER_COPIES = 7
-# the same per local value in a minibatch step: the table, Adam's two moments (each (2, S, L)), the batch's draws
-MINIBATCH_LOCAL_COPIES = 6
+# float32 copies of every location's (2, S, L) guide parameters a minibatch fit holds: the table and its row-wise
+# Adam's two moments (tissuemap.models.row_adam)
+MINIBATCH_LOCAL_COPIES = 3
 MINIBATCH_BATCH_COPIES = 20  # float32 copies of the batch's (2, N, L) parameters a step makes (gather, draw, grads)
 BLOCK_TEMPORARIES = 7  # float32 (rows × genes) temporaries of one likelihood block (block_terms: μ, α+μ, logs, grads)
 NONZERO_TEMPORARIES = 6  # float32 temporaries per non-zero count of a block (μ, 1/(α+μ) and products at the counts)
 OBJECTIVE_BYTES_PER_NONZERO = FLOAT32 + INT64  # each non-zero count's value and its position in its block
 CSR_BYTES_PER_NONZERO = FLOAT32 + INT64  # torch CSR counts of a minibatch fit: value and int64 gene
 GATHER_BYTES_PER_NONZERO = 6 * INT64  # a batch's gathered counts: positions, rows, genes, values, block indices
-# export: four float64 summaries of every site, and their per-sample copies (post_sample_*)
-EXPORT_SUMMARY_COPIES = 8
+# export: four float64 summaries of every site (each sample's post_sample_* are views of them)
+EXPORT_SUMMARY_COPIES = 4
 INPUT_COPY_BYTES_PER_NONZERO = FLOAT32 + 4  # a sample's counts subset to the shared genes (CSR: value, int32 gene)
 LAYER_BYTES_PER_NONZERO = FLOAT32 + 4  # one expected-expression layer (CSR: float32 value, int32 gene)
 # what the itemised terms miss, fitted to the measured peak RSS of six CPU fits (benchmarks/RESULTS.md, "Memory plan
