@@ -4,9 +4,9 @@ fits and the largest batch that fits otherwise. A fit that cannot fit ends here,
 
 The estimates add up the big arrays a fit creates (sizes from the samples before set-up, as upper bounds: every gene
 of the shortest gene list, every non-zero count); what the process already holds (the samples read, the libraries)
-is not in them, as it is not in what they are compared with: the memory still available (a GPU's free memory; on a CPU the host's available memory, or the cgroup limit's remainder).
-Each term's bytes per element are calibrated against the peak RSS of CPU runs (``benchmarks/RESULTS.md``, "Memory
-plan").
+is not in them, as it is not in what they are compared with: the memory still available (a GPU's free memory; on a
+CPU the host's available memory, or the cgroup limit's remainder). The terms are checked against the peak RSS of CPU
+fits (``benchmarks/RESULTS.md``, "Memory plan: estimated and measured"); no GPU figure was measured.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ GATHER_BYTES_PER_NONZERO = 6 * INT64  # a batch's gathered counts: positions, ro
 EXPORT_SUMMARY_COPIES = 4
 INPUT_COPY_BYTES_PER_NONZERO = FLOAT32 + 4  # a sample's counts subset to the shared genes (CSR: value, int32 gene)
 LAYER_BYTES_PER_NONZERO = FLOAT32 + 4  # one expected-expression layer (CSR: float32 value, int32 gene)
-# what the itemised terms miss, fitted to the measured peak RSS of six CPU fits (benchmarks/RESULTS.md, "Memory plan
-# ..."): libraries
+# what the itemised terms miss, fitted to the measured peak RSS of six CPU fits (benchmarks/RESULTS.md): libraries
 # loaded after the plan (torch's compiler stack at the first Adam, ~70 MiB; matplotlib), the set-up's subset copy of
 # the sparse counts, allocator slack
 UNITEMISED_BYTES = 256 << 20
