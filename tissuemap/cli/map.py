@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tissuemap.cli.options import checkpoint_options, early_stopping_options, threads_option
+from tissuemap.cli.options import BATCH_SIZE, checkpoint_options, early_stopping_options, threads_option
 from tissuemap.defaults import (
     MAPPING_CHECKPOINT_EVERY,
     MAPPING_DETECTION_ALPHA,
@@ -45,10 +45,11 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--max-epochs", default=MAPPING_MAX_EPOCHS, show_default=True, type=click.IntRange(min=1),
               help="Training steps, each on all the data (at most, with --early-stopping); with --batch-size, epochs "
               "(passes over the data).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=BATCH_SIZE, default=None,
               help="Spots per training step: minibatch training (stochastic variational inference) of the same joint "
-              "model, every spot once per epoch in a random order, for data too large for a full-data fit. Default: "
-              "every step on all the data, as the cell2location package.")
+              "model, every spot once per epoch in a random order, for data too large for a full-data fit; auto: "
+              "full data if the memory plan says it fits, else the largest batch that fits. Default: every step on "
+              "all the data, as the cell2location package.")
 @early_stopping_options
 @click.option("--lr", default=MAPPING_LR, show_default=True, type=POSITIVE, help="Adam learning rate.")
 @click.option("--device", default=TRAINING_DEVICE, show_default=True, type=click.Choice(DEVICE_CHOICES),
@@ -75,7 +76,7 @@ def map_command(
     cell_counts: tuple[str, ...],
     detection_alpha: float,
     max_epochs: int,
-    batch_size: int | None,
+    batch_size: int | str | None,
     early_stopping: bool,
     early_stopping_tolerance: float,
     early_stopping_window: int,

@@ -9,6 +9,26 @@ import click
 from tissuemap.interruption import EXIT_INTERRUPTED
 
 
+class BatchSize(click.ParamType):
+    """``--batch-size``: a whole number of spots (at least 1), or ``auto`` (the memory plan chooses)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither a whole number of spots (at least 1) nor auto", param, ctx)
+        return number
+
+
+BATCH_SIZE = BatchSize()
+
+
 def checkpoint_options(default_every: int, unit: str, checkpoint_name: str):
     """``--checkpoint-every``, ``--checkpoint-dir`` and ``--resume`` for a training step that saves its state every
     so many ``unit`` (and at SIGTERM or SIGINT, after which it exits with ``EXIT_INTERRUPTED``)."""

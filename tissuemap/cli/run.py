@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tissuemap import defaults
-from tissuemap.cli.options import early_stopping_options, layer_option, threads_option
+from tissuemap.cli.options import BATCH_SIZE, early_stopping_options, layer_option, threads_option
 from tissuemap.models.device import DEVICE_CHOICES
 from tissuemap.plan import DEFAULT_MAPPING_MODE, MAPPING_MODES
 from tissuemap.qc import DEFAULT_MIN_COUNTS
@@ -60,9 +60,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--mapping-epochs", type=click.IntRange(min=1), default=defaults.MAPPING_MAX_EPOCHS, show_default=True,
               help="Mapping: training steps (at most, with --early-stopping); with --batch-size, epochs (passes over "
               "the data).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=BATCH_SIZE, default=None,
               help="Mapping: spots per training step, minibatch training of the same joint model (tissuemap map "
-              "--batch-size). Default: every step on all the data.")
+              "--batch-size; auto: chosen by the memory plan). Default: every step on all the data.")
 @early_stopping_options
 @click.option("--lr", type=POSITIVE, default=defaults.MAPPING_LR, show_default=True,
               help="Mapping: Adam learning rate.")

@@ -15,7 +15,12 @@ The steps, each a plain function in a module of its own:
    With a batch size, :mod:`~tissuemap.mapping.minibatch` trains the same model on minibatches of spots instead
    (stochastic variational inference, for data too large for full-data steps).
 4. :func:`~tissuemap.mapping.export.export_mapping` writes each sample's posterior into an AnnData, in the
-   cell2location package's naming, with exact log-normal summaries of the guide (no posterior sampling).
+   cell2location package's naming, with exact log-normal summaries of the guide (no posterior sampling), computed
+   a fixed chunk at a time (the export's temporaries do not grow with the sample).
+
+Between steps 1 and 2, :func:`~tissuemap.mapping.memory.plan_mapping_memory` estimates what the fit needs on the
+device, against what is free there: a fit that cannot fit stops before set-up, and ``--batch-size auto`` is resolved
+(full data when it fits, else the largest batch that fits).
 
 :func:`~tissuemap.mapping.step.map_samples` runs them all for ``tissuemap map``, and
 :func:`~tissuemap.mapping.step.write_mapping_outputs` writes its files.

@@ -50,13 +50,14 @@ def check_positive(value, what: str, where: str) -> float:
 
 
 def check_training_options(max_epochs: int, lr: float, batch_size: int | None = None) -> None:
-    """Raise :class:`InputError` unless ``max_epochs`` >= 1, ``lr`` > 0 and ``batch_size`` is ``None`` or >= 1."""
+    """Raise :class:`InputError` unless ``max_epochs`` >= 1, ``lr`` > 0 and ``batch_size`` is ``None``, ``"auto"``
+    or >= 1."""
     if not (isinstance(max_epochs, (int, np.integer)) and max_epochs >= 1):
         raise InputError(f"--max-epochs {max_epochs}: must be a whole number of at least 1")
     check_positive(lr, "the learning rate", "--lr")
-    if batch_size is not None and not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+    if batch_size not in (None, "auto") and not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise InputError(f"--batch-size {batch_size}: must be a whole number of spots, at least 1 (or leave it out "
-                         "to train on all the data)")
+                         "to train on all the data, or auto)")
 
 
 def read_qc_sample(

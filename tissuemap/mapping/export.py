@@ -14,18 +14,38 @@ from tissuemap.mapping.fit_record import MappingFit
 from tissuemap.mapping.setup import MappingSetup
 
 SUMMARIES = ("means", "stds", "q05", "q95")
+# guide values whose posterior summaries are computed at once (a few MiB of float64 temporaries), and what chunks
+# start at a multiple of: above twice the widest SIMD vector of float64 (torch's vectorised loops take two at a time)
+EXPORT_CHUNK_VALUES = 1 << 18
+EXPORT_CHUNK_ALIGNMENT = 64
+# spot × gene entries of the expected-expression layers' dense chunk (32 MiB of float64)
+LAYER_CHUNK_ENTRIES = 1 << 22
 
 
-def mapping_summaries(setup: MappingSetup, fit: MappingFit) -> dict[str, dict[str, np.ndarray]]:
+def mapping_summaries(setup: MappingSetup, fit: MappingFit,
+                      chunk_values: int = EXPORT_CHUNK_VALUES) -> dict[str, dict[str, np.ndarray]]:
     """``means``, ``stds``, ``q05`` and ``q95`` of every site under the trained guide, exact (log-normal), as numpy
-    arrays of the sites' shapes: ``summaries[k][site]``."""
+    arrays of the sites' shapes: ``summaries[k][site]``.
+
+    The guide's values are summarised ``chunk_values`` at a time (float64 on the guide's device, then into the host
+    arrays; the per-location sites are most of them, so a chunk is a few thousand locations' rows), so that no
+    whole-sample temporary is made beyond the summaries themselves. Chunks start at multiples of
+    :data:`EXPORT_CHUNK_ALIGNMENT` values, where torch's vectorised loops start too: every value goes through the
+    same (vector or scalar) code as in one piece, and the summaries are bitwise those of one piece (one thread).
+    """
     from tissuemap.models.cell2location import SiteLayout, guide_scale
     from tissuemap.models.posterior import lognormal_summaries
 
+    if chunk_values % EXPORT_CHUNK_ALIGNMENT:
+        raise ValueError(f"chunk_values must be a multiple of {EXPORT_CHUNK_ALIGNMENT}")
     layout = SiteLayout.for_data(setup.data, setup.priors)
-    loc, raw_scale = fit.guide_parameters.double()
-    flat = lognormal_summaries(loc, guide_scale(raw_scale))
-    return {k: {site: value.cpu().numpy() for site, value in layout.split(flat[k]).items()} for k in SUMMARIES}
+    parameters = fit.guide_parameters
+    flat = {k: np.empty(layout.size, dtype=np.float64) for k in SUMMARIES}
+    for start in range(0, layout.size, chunk_values):
+        loc, raw_scale = parameters[:, start: start + chunk_values].double()
+        for k, values in lognormal_summaries(loc, guide_scale(raw_scale)).items():
+            flat[k][start: start + chunk_values] = values.cpu().numpy()
+    return {k: layout.split(values) for k, values in flat.items()}
 
 
 def _sample_sites(setup: MappingSetup, summary: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -54,9 +74,12 @@ def expected_spot_counts(setup: MappingSetup, means: dict[str, np.ndarray], name
 
 
 def expected_expression_layers(counts, w_means: np.ndarray, scaled_signatures: np.ndarray, background: np.ndarray,
-                               cell_types: list[str]) -> dict[str, sp.csr_matrix]:
+                               cell_types: list[str], chunk_spots: int | None = None) -> dict[str, sp.csr_matrix]:
     """Split every observed count among the cell types (spec §3): type f gets the share
     ``w_sf g_fg m_g / (Σ_f' w_sf' g_f'g m_g + s_eg)`` of x_sg. Returns one sparse layer per type (zeros stay zero).
+
+    Computed ``chunk_spots`` spots at a time: the temporaries (the chunk's dense expected counts, its shares) are
+    bounded by the chunk, not the sample; only the layers themselves are whole-sample.
 
     Parameters
     ----------
@@ -64,24 +87,29 @@ def expected_expression_layers(counts, w_means: np.ndarray, scaled_signatures: n
         ``(S, G)`` observed counts of one sample (sparse or dense).
     w_means, scaled_signatures, background
         ``(S, F)`` E[w_sf], ``(F, G)`` g_fg E[m_g] and ``(G,)`` E[s_eg] of the sample's batch.
+    chunk_spots
+        Spots per chunk; ``None``: about 4 M spot × gene entries per chunk.
     """
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    counts.sort_indices()
-    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    genes = counts.indices
-    # Σ_f w_sf g_fg m_g + s_g at the non-zero entries, a block of spots at a time (bounded memory)
-    denominator = np.empty(counts.nnz)
-    block = max(1, (1 << 22) // max(1, counts.shape[1]))
-    for start in range(0, counts.shape[0], block):
-        first, last = counts.indptr[start], counts.indptr[min(start + block, counts.shape[0])]
-        dense = w_means[start: start + block] @ scaled_signatures + background
-        denominator[first:last] = dense[rows[first:last] - start, genes[first:last]]
-    share = counts.data / denominator
-    layers = {}
-    for f, cell_type in enumerate(cell_types):
-        values = (share * w_means[rows, f] * scaled_signatures[f, genes]).astype(np.float32)
-        layers[cell_type] = sp.csr_matrix((values, genes.copy(), counts.indptr.copy()), shape=counts.shape)
-    return layers
+    counts = sp.csr_matrix(counts)
+    if not counts.has_sorted_indices:
+        counts = counts.copy()
+        counts.sort_indices()
+    n_spots = counts.shape[0]
+    chunk = chunk_spots or max(1, LAYER_CHUNK_ENTRIES // max(1, counts.shape[1]))
+    values = [np.empty(counts.nnz, dtype=np.float32) for _ in cell_types]
+    for start in range(0, n_spots, chunk):
+        end = min(start + chunk, n_spots)
+        first, last = counts.indptr[start], counts.indptr[end]
+        rows = np.repeat(np.arange(end - start), np.diff(counts.indptr[start: end + 1]))
+        genes = counts.indices[first:last]
+        w_chunk = w_means[start:end]
+        # Σ_f w_sf g_fg m_g + s_g at the chunk's non-zero entries
+        dense = w_chunk @ scaled_signatures + background
+        share = counts.data[first:last].astype(np.float64) / dense[rows, genes]
+        for f, layer_values in enumerate(values):
+            layer_values[first:last] = share * w_chunk[rows, f] * scaled_signatures[f, genes]
+    return {cell_type: sp.csr_matrix((layer_values, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+            for cell_type, layer_values in zip(cell_types, values)}
 
 
 def _settings(setup: MappingSetup, fit: MappingFit, sample: SpatialSample) -> dict:

@@ -152,6 +152,8 @@ def setup_mapping(
         block = sample.adata[:, match.spatial_names].X
         if sparse_counts:
             sparse_blocks.append(sp.csr_matrix(block, dtype=np.float32))
+        elif sp.issparse(block) and block.dtype == counts.dtype:
+            block.toarray(out=counts[start:end])  # straight into place: no second dense copy of the sample
         else:
             counts[start:end] = block.toarray() if sp.issparse(block) else np.asarray(block)
         rows[sample.name] = slice(start, end)

@@ -31,6 +31,7 @@ from tissuemap.mapping.data import (
 from tissuemap.mapping.export import expected_spot_counts, export_mapping, mapping_summaries
 from tissuemap.mapping.fit import fit_mapping
 from tissuemap.mapping.fit_record import MappingFit
+from tissuemap.mapping.memory import plan_mapping_memory
 from tissuemap.mapping.setup import MappingSetup, setup_mapping
 
 
@@ -64,7 +65,7 @@ def map_samples(
     threads: int | None = None,
     early_stopping=None,
     cell_counts: dict[str, str | os.PathLike] | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
 ) -> MappingResult:
     """Map cell types onto one or several QC'd samples, fitted jointly (one batch per slide).
 
@@ -82,7 +83,8 @@ def map_samples(
     :class:`~tissuemap.early_stopping.EarlyStopping` rule, or ``None`` for all ``max_epochs`` steps.
 
     ``batch_size``: spots per step of minibatch training (``max_epochs`` then counts passes over the data; the counts
-    stay sparse), ``None``: every step on all the data (:func:`fit_mapping`).
+    stay sparse), ``None``: every step on all the data (:func:`fit_mapping`), ``"auto"``: full data if the memory
+    plan (:mod:`tissuemap.mapping.memory`, made before set-up) says it fits, else the largest batch that fits.
 
     ``cell_counts``: sample name -> its cell counts file (:mod:`tissuemap.cell_counts`), whose counts replace N̂ for
     the spots they list; the key ``""`` stands for the only sample mapped.
@@ -90,7 +92,8 @@ def map_samples(
     Raises
     ------
     InputError
-        On any input problem or out-of-range option, before training starts; or if training diverges.
+        On any input problem or out-of-range option, or if the fit would not fit in memory
+        (:mod:`tissuemap.mapping.memory`), before training starts; or if training diverges.
     """
     from tissuemap.interruption import stop_on_signals
     from tissuemap.models.device import resolve_device
@@ -112,6 +115,7 @@ def map_samples(
         attach_cell_counts(samples, cell_counts)
     signatures = read_signatures(signatures_path)
     read_seconds = time.perf_counter() - started
+    batch_size = plan_mapping_memory(samples, signatures, torch_device, batch_size, expected_expression).batch_size
     setup = setup_mapping(samples, signatures, min_shared_genes, torch_device, signatures_name=str(signatures_path),
                           sparse_counts=batch_size is not None)
     checkpoint = None

@@ -36,7 +36,7 @@ class RunOptions:
     n_cells_per_location: float | None = None
     detection_alpha: float | None = None
     mapping_epochs: int | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None
     early_stopping: bool = False
     early_stopping_tolerance: float | None = None
     early_stopping_window: int | None = None
