@@ -92,10 +92,11 @@ class MappingSize:
 
 def _block_bytes(rows: int, size: MappingSize, device_type: str) -> int:
     """Temporaries of one likelihood block of ``rows`` locations (the objective's block size on that device)."""
-    from tissuemap.models.cell2location.objective import CPU_BLOCK_ENTRIES, GPU_BLOCK_ENTRIES
+    import torch
 
-    entries = GPU_BLOCK_ENTRIES if device_type == "cuda" else CPU_BLOCK_ENTRIES
-    block_rows = min(rows, max(1, entries // size.n_genes))
+    from tissuemap.models.cell2location.likelihood import default_block_rows
+
+    block_rows = min(rows, default_block_rows(size.n_genes, torch.device(device_type)))
     nonzero = size.n_nonzero * block_rows // max(1, size.n_locations)
     return block_rows * size.n_genes * FLOAT32 * BLOCK_TEMPORARIES + nonzero * FLOAT32 * NONZERO_TEMPORARIES
 
