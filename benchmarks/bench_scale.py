@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--extrapolate-bins", type=int, default=1_000_000, help="curve: extrapolated size")
     parser.add_argument("--hd-bins", type=int, default=200_000, help="hd: bins of the sample")
     parser.add_argument("--hd-epochs", type=int, default=30, help="hd: most epochs (early stopping may end sooner)")
+    parser.add_argument("--hd-lr", type=float, default=None, help="hd: Adam learning rate [default: tissuemap map's]")
     parser.add_argument("stage", choices=("calibrate", "curve", "hd"))
     return parser.parse_args(argv)
 
@@ -197,7 +198,8 @@ def hd(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     qc_file = simulate(args, name, args.hd_bins, visium_hd=True)
     fit = map_step(args, f"{name}.map.hd", qc_file, f"{name}/map_hd",
-                   ["--max-epochs", str(args.hd_epochs), "--batch-size", str(args.batch_size), "--early-stopping"])
+                   ["--max-epochs", str(args.hd_epochs), "--batch-size", str(args.batch_size), "--early-stopping",
+                    *(["--lr", str(args.hd_lr)] if args.hd_lr is not None else [])])
     inputs = args.workdir / name / "report_inputs"  # the report reads the QC's and the mapping's files from one folder
     inputs.mkdir(exist_ok=True)
     for folder in (args.workdir / name / "qc" / "sample1", args.workdir / name / "map_hd" / "sample1"):
@@ -216,7 +218,7 @@ def hd(args: argparse.Namespace) -> list[dict]:
     precision = float(np.mean([average_precision_score(truth[:, f] > 0, estimate[:, f])
                                for f in range(truth.shape[1]) if 0 < (truth[:, f] > 0).sum() < len(truth)]))
     row = {"stage": "hd", "bins": fit["n_spots"], "genes": fit["n_genes"], "cell_types": args.n_cell_types,
-           "batch_size": args.batch_size, "epochs": fit["steps"], "converged": fit["converged"],
+           "batch_size": args.batch_size, "lr": args.hd_lr, "epochs": fit["steps"], "converged": fit["converged"],
            "seconds_per_epoch": fit["history_seconds"]["training"] / fit["steps"],
            "map_peak_rss_gib": fit["peak_rss_gib"], "report_peak_rss_gib": report["peak_rss_gib"],
            "peak_rss_gib": max(fit["peak_rss_gib"], report["peak_rss_gib"]),
