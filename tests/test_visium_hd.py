@@ -212,3 +212,70 @@ def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
     page = (tmp_path / "hd.report.html").read_text()
     assert "<th scope=\"row\">Visium HD bins</th><td>16 µm squares</td>" in page
     assert len(page) < 3_000_000
+
+
+def slide_positions(side: int, in_tissue):
+    """An HD positions table of a ``side`` x ``side`` grid of 2 um bins, built in Arrow (no Python string per bin)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows, columns = (pa.array(grid.ravel()) for grid in np.mgrid[0:side, 0:side])
+    padded = [pc.utf8_lpad(pc.cast(index, pa.string()), 5, "0") for index in (rows, columns)]
+    return pa.table({
+        "barcode": pc.binary_join_element_wise("s_002um", padded[0], pc.binary_join_element_wise(padded[1], "1", "-"),
+                                               "_"),
+        "in_tissue": pa.array(np.asarray(in_tissue, dtype=np.int32)),
+        "array_row": rows, "array_col": columns,
+        "pxl_row_in_fullres": pc.multiply(pc.cast(rows, pa.float64()), 7.3),
+        "pxl_col_in_fullres": pc.multiply(pc.cast(columns, pa.float64()), 7.3),
+        "unused": pc.cast(rows, pa.string()),  # a column the reader must not load
+    })
+
+
+def test_a_whole_slide_of_positions_is_read_without_a_python_object_per_bin(tmp_path):
+    import tracemalloc
+
+    import pyarrow.parquet as pq
+
+    from tissuemap.io.positions import read_positions
+
+    table = slide_positions(1000, np.arange(1_000_000) % 2 == 0)
+    path = tmp_path / "tissue_positions.parquet"
+    pq.write_table(table, path)
+    barcodes = pd.Index(["s_002um_00500_00500-1", "s_002um_00000_00007-1", "s_002um_00999_00999-1"])
+    tracemalloc.start()
+    positions = read_positions(path, barcodes, "matrix.h5")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # pandas' read_parquet makes ~100 MB of Python strings for the million barcodes
+    assert positions.index.equals(barcodes)
+    assert positions["array_row"].tolist() == [500, 0, 999] and positions["array_col"].tolist() == [500, 7, 999]
+    assert positions["in_tissue"].tolist() == [1, 0, 0]
+    assert positions["pxl_col_in_fullres"].to_numpy() == pytest.approx([3650.0, 51.1, 7292.7])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda frame: frame.drop(columns="pxl_row_in_fullres"), "missing column(s) pxl_row_in_fullres"),
+    (lambda frame: frame.assign(array_col=frame["array_col"].astype(str)), "column 'array_col' must hold numbers"),
+    (lambda frame: frame.assign(pxl_col_in_fullres=frame["pxl_col_in_fullres"].where(frame.index != 3)),
+     "column 'pxl_col_in_fullres' must hold numbers"),
+    (lambda frame: pd.concat([frame, frame.iloc[[3]]]), "barcode 's_002um_00000_00003-1' appears more than once"),
+    (lambda frame: frame.drop(index=3), "1 of 16 barcodes of matrix.h5 are missing (first: s_002um_00000_00003-1)"),
+])
+def test_bad_positions_parquet_is_a_one_line_error(tmp_path, change, message):
+    from tissuemap.io.positions import read_positions
+
+    frame = slide_positions(5, np.ones(25)).to_pandas()
+    path = tmp_path / "tissue_positions.parquet"
+    change(frame).to_parquet(path, index=False)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_positions(path, pd.Index(frame["barcode"][:16]), "matrix.h5")
+
+
+def test_a_repeated_barcode_outside_the_matrix_is_no_error(tmp_path):
+    from tissuemap.io.positions import read_positions
+
+    frame = slide_positions(5, np.ones(25)).to_pandas()
+    path = tmp_path / "tissue_positions.parquet"
+    pd.concat([frame, frame.iloc[[20]]]).to_parquet(path, index=False)
+    assert len(read_positions(path, pd.Index(frame["barcode"][:16]), "matrix.h5")) == 16

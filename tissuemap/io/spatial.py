@@ -13,7 +13,8 @@ import numpy as np
 
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
-from tissuemap.io.visium import MATRIX_FILES, find_matrix, find_positions, read_images, read_spaceranger
+from tissuemap.io.positions import find_positions
+from tissuemap.io.visium import MATRIX_FILES, find_matrix, read_images, read_spaceranger
 from tissuemap.io.visium_hd import BINNED_FOLDER, DEFAULT_BIN_SIZE, hd_bin_folder, is_visium_hd
 from tissuemap.log import logger
 
