@@ -3,6 +3,7 @@ step, one-line errors for a bad HD folder, the simulated HD samples, and bins dr
 
 import json
 import logging
+import re
 import shutil
 
 import h5py
@@ -15,9 +16,12 @@ from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.io import read_spatial_sample
 from tissuemap.io.spatial import check_spatial_input
+from tissuemap.locations import locations_of, shared_locations
 from tissuemap.plotting.bins import bin_grid
+from tissuemap.qc import run_qc
 from tissuemap.report.figures import TissueView, abundance_maps, tissue_view
 from tissuemap.report.inputs import read_abundance
+from tissuemap.report.sample import qc_rows
 from tissuemap.runner import RunOptions, plan_steps
 from tissuemap.samplesheet import read_samplesheet
 from tissuemap.simulation.dataset import simulate_dataset
@@ -211,6 +215,12 @@ def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
         * abundance.uns["spatial"]["hd"]["scalefactors"]["tissue_hires_scalef"])
     page = (tmp_path / "hd.report.html").read_text()
     assert "<th scope=\"row\">Visium HD bins</th><td>16 µm squares</td>" in page
+    # the report says bins where a Visium report says spots (tests/test_report.py)
+    for text in ("<h2>Bin QC</h2>", "<strong>Bin QC metrics.</strong>", "<strong>Cells of each type per bin.</strong>",
+                 "<strong>Dominant cell type per bin.</strong>", "bins mapped", "16 µm bins</caption>"):
+        assert text in page
+    visible = re.sub(r'src="data:[^"]*"', "", page)
+    assert not re.search(r"\bspots?\b", visible, flags=re.IGNORECASE), re.findall(r".{60}\bspots?\b.{20}", visible)
     assert len(page) < 3_000_000
 
 
@@ -279,3 +289,35 @@ def test_a_repeated_barcode_outside_the_matrix_is_no_error(tmp_path):
     path = tmp_path / "tissue_positions.parquet"
     pd.concat([frame, frame.iloc[[20]]]).to_parquet(path, index=False)
     assert len(read_positions(path, pd.Index(frame["barcode"][:16]), "matrix.h5")) == 16
+
+
+def test_locations_are_named_bins_for_visium_hd_and_spots_for_visium():
+    assert (locations_of(None).one, locations_of(None).kind) == ("spot", "spots")
+    assert (locations_of(8.0).many, locations_of(8.0).kind) == ("bins", "8 µm bins")
+    assert shared_locations([locations_of(8), locations_of(8)]) == locations_of(8)
+    assert shared_locations([locations_of(8), locations_of(16)]).kind == "bins"
+    assert shared_locations([locations_of(8), locations_of(None)]).many == "locations"
+    hd_rows = dict(qc_rows({**QC_SUMMARY, "bin_size_um": 8}))
+    assert hd_rows["bins kept"] == "12" and "UMIs per bin, median (5% – 95%)" in hd_rows
+    assert not any("spot" in label for label in hd_rows)
+    visium_rows = dict(qc_rows({**QC_SUMMARY, "bin_size_um": None}))
+    assert visium_rows["spots kept"] == "12" and not any("bin" in label for label in visium_rows)
+
+
+QC_SUMMARY = {"spots_in_tissue": 13, "spots_kept": 12, "genes_in_matrix": 100, "mt_genes_removed": [],
+              "spots_removed": {"total": 1, "by_reason": {"below_min_counts": 1}},
+              "umis_per_spot": {"median": 50, "q05": 10, "q95": 90}, "genes_per_spot": {"median": 20, "q05": 5, "q95": 40},
+              "mt_fraction": {"median": 0.0}, "source": "outs"}
+
+
+def test_qc_log_and_summary_say_bins_for_visium_hd_and_spots_for_visium(outs, real_data, caplog):
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        _, summary = run_qc(read_spatial_sample(outs, "hd", 16), "hd")
+    assert summary["bin_size_um"] == 16
+    assert re.search(r"hd: removed \d+ of \d+ bins with fewer than 1 UMIs", caplog.text)
+    assert re.search(r"\d+ of \d+ bins are in the tissue", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        _, summary = run_qc(read_spatial_sample(real_data / "visium" / "breast_crop", "breast"), "breast")
+    assert summary["bin_size_um"] is None
+    assert re.search(r"breast: removed \d+ of 338 spots with fewer than 1 UMIs", caplog.text)

@@ -23,6 +23,7 @@ import numpy as np
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
 from tissuemap.io.positions import find_positions, read_positions
+from tissuemap.locations import BIN_SIZE_KEY, locations_of
 from tissuemap.log import logger
 
 MATRIX_FILES = ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
@@ -124,16 +125,19 @@ def read_spaceranger(outs_dir: str | Path, sample: str):
     outs_dir = Path(outs_dir)
     matrix_path = find_matrix(outs_dir)
     positions_path = find_positions(outs_dir)
+    scalefactors = read_scalefactors(outs_dir)
+    locations = locations_of(scalefactors.get(BIN_SIZE_KEY))
     adata = read_matrix(matrix_path)
     positions = read_positions(positions_path, adata.obs_names, matrix_path.name)
     in_tissue = positions["in_tissue"].to_numpy() == 1
     logger.info(
-        "%s: %d of %d spots are in the tissue (positions from %s)",
-        matrix_path, int(in_tissue.sum()), adata.n_obs, positions_path.name,
+        "%s: %d of %d %s are in the tissue (positions from %s)",
+        matrix_path, int(in_tissue.sum()), adata.n_obs, locations.many, positions_path.name,
     )
     if not in_tissue.any():
         raise InputError(
-            f"{positions_path}: no spot of {matrix_path.name} is marked in_tissue=1; check the run's outputs"
+            f"{positions_path}: no {locations.one} of {matrix_path.name} is marked in_tissue=1; check the run's "
+            "outputs"
         )
     adata = adata[in_tissue].copy()
     positions = positions[in_tissue]
@@ -144,10 +148,10 @@ def read_spaceranger(outs_dir: str | Path, sample: str):
     images = read_images(outs_dir)
     metadata = read_matrix_metadata(matrix_path)
     adata.uns["spatial"] = {
-        sample: {"images": images, "scalefactors": read_scalefactors(outs_dir), "metadata": metadata}
+        sample: {"images": images, "scalefactors": scalefactors, "metadata": metadata}
     }
     logger.info(
-        "%s: %d spots x %d genes, images: %s, Space Ranger version: %s",
-        sample, adata.n_obs, adata.n_vars, ", ".join(images) or "none", metadata.get("software_version", "unknown"),
+        "%s: %d %s x %d genes, images: %s, Space Ranger version: %s",
+        sample, adata.n_obs, locations.many, adata.n_vars, ", ".join(images) or "none", metadata.get("software_version", "unknown"),
     )
     return adata
