@@ -6,6 +6,7 @@ import logging
 import re
 import shutil
 
+import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.io import read_spatial_sample
 from tissuemap.io.spatial import check_spatial_input
+from tissuemap.io.spatialdata_export import bin_squares, hd_bin_squares
 from tissuemap.locations import locations_of, shared_locations
 from tissuemap.plotting.bins import bin_grid
 from tissuemap.qc import run_qc
@@ -321,3 +323,32 @@ def test_qc_log_and_summary_say_bins_for_visium_hd_and_spots_for_visium(outs, re
         _, summary = run_qc(read_spatial_sample(real_data / "visium" / "breast_crop", "breast"), "breast")
     assert summary["bin_size_um"] is None
     assert re.search(r"breast: removed \d+ of 338 spots with fewer than 1 UMIs", caplog.text)
+
+
+def test_spatialdata_bins_are_squares_of_their_real_size_that_tile_their_grid(outs, real_data):
+    # the geometry of `tissuemap map --spatialdata` for HD bins (the spatialdata call itself: tests/test_spatialdata.py)
+    square = bin_squares(np.array([[100.0, 200.0]]), 8, 0.5)[0]
+    np.testing.assert_allclose(square, [[92, 192], [108, 192], [108, 208], [92, 208]])
+
+    obs, xy = rotated_bins(3, 13.0, 0.3)
+    adata = ad.AnnData(obs=obs.set_axis(obs.index.astype(str)), obsm={"spatial": xy},
+                       uns={"spatial": {"hd": {"scalefactors": {"bin_size_um": 8.0, "microns_per_pixel": 8 / 13}}}})
+    squares = hd_bin_squares(adata, "hd")
+    assert squares.shape == (9, 4, 2)
+    edges = np.roll(squares, -1, axis=1) - squares
+    np.testing.assert_allclose(np.linalg.norm(edges, axis=2), 13.0)
+    step = (xy[1] - xy[0]) / 13.0  # the grid's column direction
+    np.testing.assert_allclose(np.abs(edges[:, ::2] @ step), 13.0)  # sides along the grid, not the image axes
+    # bins (0, 0), (0, 1), (1, 0), (1, 1) meet at one corner: the squares tile the grid, without gap or overlap
+    meeting = xy[[0, 1, 3, 4]].mean(axis=0)
+    for index in (0, 1, 3, 4):
+        assert np.isclose(squares[index], meeting).all(axis=1).sum() == 1
+
+    hd = read_spatial_sample(outs, "hd", 16)
+    hd_squares = hd_bin_squares(hd, "hd")
+    side = 16 / hd.uns["spatial"]["hd"]["scalefactors"]["microns_per_pixel"]
+    assert hd_squares.shape == (hd.n_obs, 4, 2)
+    np.testing.assert_allclose(np.linalg.norm(hd_squares[:, 1] - hd_squares[:, 0], axis=1), side)
+    np.testing.assert_allclose(hd_squares.mean(axis=1), hd.obsm["spatial"])
+    # standard Visium spots stay circles
+    assert hd_bin_squares(read_spatial_sample(real_data / "visium" / "breast_crop", "breast"), "breast") is None
