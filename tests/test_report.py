@@ -59,6 +59,8 @@ def test_sample_report_is_self_contained_and_embeds_every_plot(sample_page, asse
                   "Cells of each type per spot", "The 6 most abundant cell types together",
                   "Dominant cell type per spot", "Cell-type proportions"):
         assert f"<strong>{title}.</strong>" in sample_page
+    # a Visium sample's locations are spots (a Visium HD one's bins: tests/test_visium_hd.py)
+    assert "<h2>Spot QC</h2>" in sample_page and "spots mapped" in sample_page and " bins" not in sample_page
 
 
 def test_overlay_shows_the_most_abundant_types_in_distinct_colours(sample_folder):

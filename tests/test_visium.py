@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from tissuemap.errors import InputError
 from tissuemap.io import read_spaceranger, read_spatial_sample
-from tissuemap.io.visium import POSITIONS_COLUMNS
+from tissuemap.io.positions import POSITIONS_COLUMNS
 
 SR1_POSITIONS = "tissue_positions_list.csv"
 

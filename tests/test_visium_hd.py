@@ -3,8 +3,10 @@ step, one-line errors for a bad HD folder, the simulated HD samples, and bins dr
 
 import json
 import logging
+import re
 import shutil
 
+import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -15,9 +17,13 @@ from tissuemap.cli import main
 from tissuemap.errors import InputError
 from tissuemap.io import read_spatial_sample
 from tissuemap.io.spatial import check_spatial_input
+from tissuemap.io.spatialdata_export import bin_squares, hd_bin_squares
+from tissuemap.locations import locations_of, shared_locations
 from tissuemap.plotting.bins import bin_grid
+from tissuemap.qc import run_qc
 from tissuemap.report.figures import TissueView, abundance_maps, tissue_view
 from tissuemap.report.inputs import read_abundance
+from tissuemap.report.sample import qc_rows
 from tissuemap.runner import RunOptions, plan_steps
 from tissuemap.samplesheet import read_samplesheet
 from tissuemap.simulation.dataset import simulate_dataset
@@ -211,4 +217,138 @@ def test_hd_sample_goes_through_qc_map_and_report(hd_dataset, outs, tmp_path):
         * abundance.uns["spatial"]["hd"]["scalefactors"]["tissue_hires_scalef"])
     page = (tmp_path / "hd.report.html").read_text()
     assert "<th scope=\"row\">Visium HD bins</th><td>16 µm squares</td>" in page
+    # the report says bins where a Visium report says spots (tests/test_report.py)
+    for text in ("<h2>Bin QC</h2>", "<strong>Bin QC metrics.</strong>", "<strong>Cells of each type per bin.</strong>",
+                 "<strong>Dominant cell type per bin.</strong>", "bins mapped", "16 µm bins</caption>"):
+        assert text in page
+    visible = re.sub(r'src="data:[^"]*"', "", page)
+    assert not re.search(r"\bspots?\b", visible, flags=re.IGNORECASE), re.findall(r".{60}\bspots?\b.{20}", visible)
     assert len(page) < 3_000_000
+
+
+def slide_positions(side: int, in_tissue):
+    """An HD positions table of a ``side`` x ``side`` grid of 2 um bins, built in Arrow (no Python string per bin)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows, columns = (pa.array(grid.ravel()) for grid in np.mgrid[0:side, 0:side])
+    padded = [pc.utf8_lpad(pc.cast(index, pa.string()), 5, "0") for index in (rows, columns)]
+    return pa.table({
+        "barcode": pc.binary_join_element_wise("s_002um", padded[0], pc.binary_join_element_wise(padded[1], "1", "-"),
+                                               "_"),
+        "in_tissue": pa.array(np.asarray(in_tissue, dtype=np.int32)),
+        "array_row": rows, "array_col": columns,
+        "pxl_row_in_fullres": pc.multiply(pc.cast(rows, pa.float64()), 7.3),
+        "pxl_col_in_fullres": pc.multiply(pc.cast(columns, pa.float64()), 7.3),
+        "unused": pc.cast(rows, pa.string()),  # a column the reader must not load
+    })
+
+
+def test_a_whole_slide_of_positions_is_read_without_a_python_object_per_bin(tmp_path):
+    import tracemalloc
+
+    import pyarrow.parquet as pq
+
+    from tissuemap.io.positions import read_positions
+
+    table = slide_positions(1000, np.arange(1_000_000) % 2 == 0)
+    path = tmp_path / "tissue_positions.parquet"
+    pq.write_table(table, path)
+    barcodes = pd.Index(["s_002um_00500_00500-1", "s_002um_00000_00007-1", "s_002um_00999_00999-1"])
+    tracemalloc.start()
+    positions = read_positions(path, barcodes, "matrix.h5")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # pandas' read_parquet makes ~100 MB of Python strings for the million barcodes
+    assert positions.index.equals(barcodes)
+    assert positions["array_row"].tolist() == [500, 0, 999] and positions["array_col"].tolist() == [500, 7, 999]
+    assert positions["in_tissue"].tolist() == [1, 0, 0]
+    assert positions["pxl_col_in_fullres"].to_numpy() == pytest.approx([3650.0, 51.1, 7292.7])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda frame: frame.drop(columns="pxl_row_in_fullres"), "missing column(s) pxl_row_in_fullres"),
+    (lambda frame: frame.assign(array_col=frame["array_col"].astype(str)), "column 'array_col' must hold numbers"),
+    (lambda frame: frame.assign(pxl_col_in_fullres=frame["pxl_col_in_fullres"].where(frame.index != 3)),
+     "column 'pxl_col_in_fullres' must hold numbers"),
+    (lambda frame: pd.concat([frame, frame.iloc[[3]]]), "barcode 's_002um_00000_00003-1' appears more than once"),
+    (lambda frame: frame.drop(index=3), "1 of 16 barcodes of matrix.h5 are missing (first: s_002um_00000_00003-1)"),
+])
+def test_bad_positions_parquet_is_a_one_line_error(tmp_path, change, message):
+    from tissuemap.io.positions import read_positions
+
+    frame = slide_positions(5, np.ones(25)).to_pandas()
+    path = tmp_path / "tissue_positions.parquet"
+    change(frame).to_parquet(path, index=False)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_positions(path, pd.Index(frame["barcode"][:16]), "matrix.h5")
+
+
+def test_a_repeated_barcode_outside_the_matrix_is_no_error(tmp_path):
+    from tissuemap.io.positions import read_positions
+
+    frame = slide_positions(5, np.ones(25)).to_pandas()
+    path = tmp_path / "tissue_positions.parquet"
+    pd.concat([frame, frame.iloc[[20]]]).to_parquet(path, index=False)
+    assert len(read_positions(path, pd.Index(frame["barcode"][:16]), "matrix.h5")) == 16
+
+
+def test_locations_are_named_bins_for_visium_hd_and_spots_for_visium():
+    assert (locations_of(None).one, locations_of(None).kind) == ("spot", "spots")
+    assert (locations_of(8.0).many, locations_of(8.0).kind) == ("bins", "8 µm bins")
+    assert shared_locations([locations_of(8), locations_of(8)]) == locations_of(8)
+    assert shared_locations([locations_of(8), locations_of(16)]).kind == "bins"
+    assert shared_locations([locations_of(8), locations_of(None)]).many == "locations"
+    hd_rows = dict(qc_rows({**QC_SUMMARY, "bin_size_um": 8}))
+    assert hd_rows["bins kept"] == "12" and "UMIs per bin, median (5% – 95%)" in hd_rows
+    assert not any("spot" in label for label in hd_rows)
+    visium_rows = dict(qc_rows({**QC_SUMMARY, "bin_size_um": None}))
+    assert visium_rows["spots kept"] == "12" and not any("bin" in label for label in visium_rows)
+
+
+QC_SUMMARY = {"spots_in_tissue": 13, "spots_kept": 12, "genes_in_matrix": 100, "mt_genes_removed": [],
+              "spots_removed": {"total": 1, "by_reason": {"below_min_counts": 1}},
+              "umis_per_spot": {"median": 50, "q05": 10, "q95": 90}, "genes_per_spot": {"median": 20, "q05": 5, "q95": 40},
+              "mt_fraction": {"median": 0.0}, "source": "outs"}
+
+
+def test_qc_log_and_summary_say_bins_for_visium_hd_and_spots_for_visium(outs, real_data, caplog):
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        _, summary = run_qc(read_spatial_sample(outs, "hd", 16), "hd")
+    assert summary["bin_size_um"] == 16
+    assert re.search(r"hd: removed \d+ of \d+ bins with fewer than 1 UMIs", caplog.text)
+    assert re.search(r"\d+ of \d+ bins are in the tissue", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tissuemap"):
+        _, summary = run_qc(read_spatial_sample(real_data / "visium" / "breast_crop", "breast"), "breast")
+    assert summary["bin_size_um"] is None
+    assert re.search(r"breast: removed \d+ of 338 spots with fewer than 1 UMIs", caplog.text)
+
+
+def test_spatialdata_bins_are_squares_of_their_real_size_that_tile_their_grid(outs, real_data):
+    # the geometry of `tissuemap map --spatialdata` for HD bins (the spatialdata call itself: tests/test_spatialdata.py)
+    square = bin_squares(np.array([[100.0, 200.0]]), 8, 0.5)[0]
+    np.testing.assert_allclose(square, [[92, 192], [108, 192], [108, 208], [92, 208]])
+
+    obs, xy = rotated_bins(3, 13.0, 0.3)
+    adata = ad.AnnData(obs=obs.set_axis(obs.index.astype(str)), obsm={"spatial": xy},
+                       uns={"spatial": {"hd": {"scalefactors": {"bin_size_um": 8.0, "microns_per_pixel": 8 / 13}}}})
+    squares = hd_bin_squares(adata, "hd")
+    assert squares.shape == (9, 4, 2)
+    edges = np.roll(squares, -1, axis=1) - squares
+    np.testing.assert_allclose(np.linalg.norm(edges, axis=2), 13.0)
+    step = (xy[1] - xy[0]) / 13.0  # the grid's column direction
+    np.testing.assert_allclose(np.abs(edges[:, ::2] @ step), 13.0)  # sides along the grid, not the image axes
+    # bins (0, 0), (0, 1), (1, 0), (1, 1) meet at one corner: the squares tile the grid, without gap or overlap
+    meeting = xy[[0, 1, 3, 4]].mean(axis=0)
+    for index in (0, 1, 3, 4):
+        assert np.isclose(squares[index], meeting).all(axis=1).sum() == 1
+
+    hd = read_spatial_sample(outs, "hd", 16)
+    hd_squares = hd_bin_squares(hd, "hd")
+    side = 16 / hd.uns["spatial"]["hd"]["scalefactors"]["microns_per_pixel"]
+    assert hd_squares.shape == (hd.n_obs, 4, 2)
+    np.testing.assert_allclose(np.linalg.norm(hd_squares[:, 1] - hd_squares[:, 0], axis=1), side)
+    np.testing.assert_allclose(hd_squares.mean(axis=1), hd.obsm["spatial"])
+    # standard Visium spots stay circles
+    assert hd_bin_squares(read_spatial_sample(real_data / "visium" / "breast_crop", "breast"), "breast") is None

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from tissuemap.errors import InputError
+from tissuemap.locations import bin_size_of, locations_of
 from tissuemap.log import logger
 
 # numpy, pandas and scanpy are imported inside the functions: the command line imports this module for its defaults.
@@ -83,6 +84,8 @@ def run_qc(
     import numpy as np
     import pandas as pd
 
+    bin_size_um = bin_size_of(adata, sample)
+    locations = locations_of(bin_size_um)
     is_mt = mitochondrial_genes(adata)
     mt_counts = adata[:, is_mt].X
     all_counts = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
@@ -108,12 +111,12 @@ def run_qc(
     removed.insert(0, "reason", pd.Categorical([BELOW_MIN_COUNTS] * int(below.sum()), categories=[BELOW_MIN_COUNTS]))
     removed[["x", "y"]] = qc.obsm["spatial"][below]
     logger.info(
-        "%s: removed %d of %d spots with fewer than %d UMIs (--min-counts)",
-        sample, int(below.sum()), qc.n_obs, min_counts,
+        "%s: removed %d of %d %s with fewer than %d UMIs (--min-counts)",
+        sample, int(below.sum()), qc.n_obs, locations.many, min_counts,
     )
     if below.all():
         raise InputError(
-            f"{sample}: all {qc.n_obs} in-tissue spots have fewer than {min_counts} UMIs outside mitochondrial genes "
+            f"{sample}: all {qc.n_obs} in-tissue {locations.many} have fewer than {min_counts} UMIs outside mitochondrial genes "
             f"(most: {int(qc.obs['total_counts'].max())}); lower --min-counts"
         )
     qc = qc[~below].copy()
@@ -127,13 +130,12 @@ def run_qc(
     qc.uns["qc_removed_spots"] = removed
     logger.info("%s: mapping parameters stored in uns['tissuemap']: %s", sample, mapping)
 
-    library = adata.uns.get("spatial", {}).get(sample, {})
-    metadata = library.get("metadata", {})
+    metadata = adata.uns.get("spatial", {}).get(sample, {}).get("metadata", {})
     summary = {
         "sample": sample,
         "software_version": metadata.get("software_version"),
-        # Visium HD: the side of the bins read (um); null for Visium spots
-        "bin_size_um": library.get("scalefactors", {}).get("bin_size_um"),
+        # Visium HD: the side of the bins read (um); null for Visium spots. The reports call them by it.
+        "bin_size_um": bin_size_um,
         "spots_in_tissue": int(adata.n_obs),
         "spots_kept": int(qc.n_obs),
         "spots_removed": {

@@ -13,8 +13,10 @@ import numpy as np
 
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
-from tissuemap.io.visium import MATRIX_FILES, find_matrix, find_positions, read_images, read_spaceranger
+from tissuemap.io.positions import find_positions
+from tissuemap.io.visium import MATRIX_FILES, find_matrix, read_images, read_spaceranger
 from tissuemap.io.visium_hd import BINNED_FOLDER, DEFAULT_BIN_SIZE, hd_bin_folder, is_visium_hd
+from tissuemap.locations import BIN_SIZE_KEY, sample_locations
 from tissuemap.log import logger
 
 # var columns that other tools use for gene symbols and for Ensembl ids (CELLxGENE, scanpy, Seurat conversions)
@@ -72,10 +74,10 @@ def read_visium_hd(outs_dir: Path, sample: str, bin_size: int | None):
     if not library["images"]:
         library["images"] = read_images(outs_dir)
     scalefactors = library["scalefactors"]
-    if scalefactors.get("bin_size_um") not in (None, bin_size_um):
-        logger.warning("%s: scalefactors_json.json says bin_size_um %s; its folder's name says %d, which is used",
-                       folder, scalefactors["bin_size_um"], bin_size_um)
-    scalefactors["bin_size_um"] = bin_size_um
+    if scalefactors.get(BIN_SIZE_KEY) not in (None, bin_size_um):
+        logger.warning("%s: scalefactors_json.json says %s %s; its folder's name says %d, which is used",
+                       folder, BIN_SIZE_KEY, scalefactors[BIN_SIZE_KEY], bin_size_um)
+    scalefactors[BIN_SIZE_KEY] = bin_size_um
     return adata
 
 
@@ -153,7 +155,7 @@ def read_h5ad_sample(path: Path, sample: str):
     adata.obs["sample"] = sample
     _name_genes(adata, path)
     _rekey_spatial(adata, sample, path)
-    logger.info("%s: %d spots x %d genes", sample, adata.n_obs, adata.n_vars)
+    logger.info("%s: %d %s x %d genes", sample, adata.n_obs, sample_locations(adata, sample).many, adata.n_vars)
     return adata
 
 

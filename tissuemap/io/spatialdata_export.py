@@ -8,7 +8,8 @@ napari-spatialdata draw the spots over the tissue:
 - shapes ``NAME``: one circle per spot, centred at ``obsm['spatial']`` (full-resolution pixels: ``global`` is the
   identity for them), radius ``spot_diameter_fullres / 2``; without scale factors (an h5ad input without
   ``uns['spatial']``), the diameter is 0.55 x the median distance to the nearest spot (Visium: 55 µm spots 100 µm
-  apart), and the log says so;
+  apart), and the log says so. Visium HD bins (scale factors with ``bin_size_um`` and ``microns_per_pixel``) are
+  squares instead, polygons of their real size turned as their grid lies on the image (:func:`bin_squares`);
 - table ``table``: the abundance AnnData (the obsm and obs of ``NAME.abundance.h5ad``, without ``uns['spatial']``,
   whose images are the image elements), annotating ``NAME`` through ``obs['region']`` and ``obs['spot_id']``.
 
@@ -22,6 +23,7 @@ import os
 import numpy as np
 
 from tissuemap.errors import InputError
+from tissuemap.locations import BIN_SIZE_KEY
 from tissuemap.log import logger
 
 INSTALL_HINT = "pip install 'tissuemap[spatialdata]'"
@@ -57,10 +59,39 @@ def spot_diameter(adata, name: str) -> float:
     return diameter
 
 
+def bin_squares(centres: np.ndarray, bin_size_um: float, microns_per_pixel: float, angle: float = 0.0) -> np.ndarray:
+    """The corners (bins x 4 x 2, in order around the square) of square bins ``bin_size_um`` wide, centred at
+    ``centres`` (full-resolution pixels, bins x 2), their sides turned by ``angle`` (radians) from the image's axes."""
+    half = 0.5 * float(bin_size_um) / float(microns_per_pixel)
+    along, across = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+    offsets = half * np.array([-along - across, along - across, along + across, -along + across])  # 4 x 2
+    return np.asarray(centres, dtype=np.float64)[:, None, :2] + offsets[None]
+
+
+def hd_bin_squares(adata, name: str) -> np.ndarray | None:
+    """:func:`bin_squares` of a Visium HD sample's bins, turned as their grid (``array_row``/``array_col``) lies in
+    ``obsm['spatial']``; ``None`` for spots (no ``bin_size_um`` or no ``microns_per_pixel`` in the scale
+    factors)."""
+    from tissuemap.plotting.bins import bin_grid
+
+    scalefactors = adata.uns.get("spatial", {}).get(name, {}).get("scalefactors", {})
+    if not scalefactors.get(BIN_SIZE_KEY):
+        return None
+    if not scalefactors.get("microns_per_pixel"):
+        logger.warning("%s: no microns_per_pixel in the scale factors; the bins are drawn as circles", name)
+        return None
+    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    grid = bin_grid(adata.obs, centres, scalefactors, 1.0)
+    # the grid's column axis in pixels; a grid that cannot be fitted (a single row of bins) is taken as upright
+    angle = 0.0 if grid is None else float(np.arctan2(grid.to_plot[1, 0], grid.to_plot[0, 0]))
+    return bin_squares(centres, scalefactors[BIN_SIZE_KEY], scalefactors["microns_per_pixel"], angle)
+
+
 def to_spatialdata(adata, name: str):
     """The SpatialData object of one sample's abundance AnnData (see the module's description)."""
     import geopandas as gpd
     import pandas as pd
+    import shapely
     from shapely.geometry import Point
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
@@ -82,14 +113,18 @@ def to_spatialdata(adata, name: str):
             transformations={COORDINATE_SYSTEM: Scale([1 / factor, 1 / factor], axes=("y", "x"))},
         )
 
-    coordinates = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     spot_ids = np.arange(adata.n_obs)
-    circles = gpd.GeoDataFrame(
-        {"radius": np.full(adata.n_obs, spot_diameter(adata, name) / 2)},
-        geometry=[Point(x, y) for x, y in coordinates[:, :2]],
-        index=pd.Index(spot_ids, name="spot_id"),
-    )
-    shapes = ShapesModel.parse(circles, transformations={COORDINATE_SYSTEM: Identity()})
+    squares = hd_bin_squares(adata, name)
+    if squares is None:
+        coordinates = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        geometry = gpd.GeoDataFrame(
+            {"radius": np.full(adata.n_obs, spot_diameter(adata, name) / 2)},
+            geometry=[Point(x, y) for x, y in coordinates[:, :2]],
+            index=pd.Index(spot_ids, name="spot_id"),
+        )
+    else:
+        geometry = gpd.GeoDataFrame(geometry=shapely.polygons(squares), index=pd.Index(spot_ids, name="spot_id"))
+    shapes = ShapesModel.parse(geometry, transformations={COORDINATE_SYSTEM: Identity()})
 
     table = adata.copy()
     table.uns.pop("spatial", None)

@@ -19,17 +19,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tissuemap.counts import check_raw_counts
 from tissuemap.errors import InputError
+from tissuemap.io.positions import find_positions, read_positions
+from tissuemap.locations import BIN_SIZE_KEY, locations_of
 from tissuemap.log import logger
 
 MATRIX_FILES = ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")
-# Newest layout first: Space Ranger 2+ writes tissue_positions.csv (with header), later versions also .parquet;
-# Space Ranger 1.x wrote tissue_positions_list.csv (no header).
-POSITIONS_FILES = ("tissue_positions.csv", "tissue_positions.parquet", "tissue_positions_list.csv")
-POSITIONS_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 IMAGE_FILES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
 METADATA_ATTRIBUTES = ("software_version", "chemistry_description")
 
@@ -42,52 +39,6 @@ def find_matrix(outs_dir: Path) -> Path:
     raise InputError(
         f"{outs_dir}: no {' or '.join(MATRIX_FILES)} in this folder; give the Space Ranger outs/ folder of the sample"
     )
-
-
-def find_positions(outs_dir: Path) -> Path:
-    """The spot positions file in ``outs_dir/spatial``; :class:`InputError` when there is none."""
-    for name in POSITIONS_FILES:
-        if (outs_dir / "spatial" / name).is_file():
-            return outs_dir / "spatial" / name
-    raise InputError(
-        f"{outs_dir / 'spatial'}: no spot positions file ({', '.join(POSITIONS_FILES)}); "
-        "copy the whole spatial/ folder of the Space Ranger run next to the matrix"
-    )
-
-
-def read_positions(path: Path) -> pd.DataFrame:
-    """Read a Space Ranger positions file (csv with or without header, or parquet), indexed by barcode."""
-    try:
-        if path.suffix == ".parquet":
-            positions = pd.read_parquet(path)
-        else:
-            with path.open() as handle:
-                has_header = handle.readline().split(",")[0].strip() == "barcode"
-            positions = pd.read_csv(path, header=0 if has_header else None)
-            if not has_header:
-                if positions.shape[1] != len(POSITIONS_COLUMNS):
-                    raise InputError(
-                        f"{path}: {positions.shape[1]} columns, expected {len(POSITIONS_COLUMNS)} "
-                        f"({', '.join(POSITIONS_COLUMNS)}); give the positions file written by Space Ranger"
-                    )
-                positions.columns = list(POSITIONS_COLUMNS)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(
-            f"{path}: cannot read the spot positions ({err}); give the file written by Space Ranger"
-        ) from None
-    missing = [column for column in POSITIONS_COLUMNS if column not in positions.columns]
-    if missing:
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)}; give the positions file written by Space Ranger"
-        )
-    positions = positions[list(POSITIONS_COLUMNS)]
-    for column in POSITIONS_COLUMNS[1:]:
-        if not pd.api.types.is_numeric_dtype(positions[column]) or positions[column].isna().any():
-            raise InputError(f"{path}: column {column!r} must hold numbers only; give the file written by Space Ranger")
-    duplicated = positions["barcode"].duplicated()
-    if duplicated.any():
-        raise InputError(f"{path}: barcode {positions['barcode'][duplicated].iloc[0]!r} appears more than once")
-    return positions.set_index("barcode")
 
 
 def read_scalefactors(outs_dir: Path) -> dict:
@@ -174,23 +125,19 @@ def read_spaceranger(outs_dir: str | Path, sample: str):
     outs_dir = Path(outs_dir)
     matrix_path = find_matrix(outs_dir)
     positions_path = find_positions(outs_dir)
+    scalefactors = read_scalefactors(outs_dir)
+    locations = locations_of(scalefactors.get(BIN_SIZE_KEY))
     adata = read_matrix(matrix_path)
-    positions = read_positions(positions_path)
-    unplaced = ~adata.obs_names.isin(positions.index)
-    if unplaced.any():
-        raise InputError(
-            f"{positions_path}: {int(unplaced.sum())} of {adata.n_obs} barcodes of {matrix_path.name} are missing "
-            f"(first: {adata.obs_names[unplaced][0]}); use the spatial/ folder of the same Space Ranger run"
-        )
-    positions = positions.loc[adata.obs_names]
+    positions = read_positions(positions_path, adata.obs_names, matrix_path.name)
     in_tissue = positions["in_tissue"].to_numpy() == 1
     logger.info(
-        "%s: %d of %d spots are in the tissue (positions from %s)",
-        matrix_path, int(in_tissue.sum()), adata.n_obs, positions_path.name,
+        "%s: %d of %d %s are in the tissue (positions from %s)",
+        matrix_path, int(in_tissue.sum()), adata.n_obs, locations.many, positions_path.name,
     )
     if not in_tissue.any():
         raise InputError(
-            f"{positions_path}: no spot of {matrix_path.name} is marked in_tissue=1; check the run's outputs"
+            f"{positions_path}: no {locations.one} of {matrix_path.name} is marked in_tissue=1; check the run's "
+            "outputs"
         )
     adata = adata[in_tissue].copy()
     positions = positions[in_tissue]
@@ -201,10 +148,10 @@ def read_spaceranger(outs_dir: str | Path, sample: str):
     images = read_images(outs_dir)
     metadata = read_matrix_metadata(matrix_path)
     adata.uns["spatial"] = {
-        sample: {"images": images, "scalefactors": read_scalefactors(outs_dir), "metadata": metadata}
+        sample: {"images": images, "scalefactors": scalefactors, "metadata": metadata}
     }
     logger.info(
-        "%s: %d spots x %d genes, images: %s, Space Ranger version: %s",
-        sample, adata.n_obs, adata.n_vars, ", ".join(images) or "none", metadata.get("software_version", "unknown"),
+        "%s: %d %s x %d genes, images: %s, Space Ranger version: %s",
+        sample, adata.n_obs, locations.many, adata.n_vars, ", ".join(images) or "none", metadata.get("software_version", "unknown"),
     )
     return adata

@@ -14,6 +14,7 @@ import pandas as pd
 from tissuemap.counts import check_raw_counts
 from tissuemap.defaults import MAPPING_DETECTION_ALPHA, MAPPING_N_CELLS_PER_LOCATION
 from tissuemap.errors import InputError
+from tissuemap.locations import Locations, sample_locations
 from tissuemap.log import logger
 from tissuemap.samplesheet import validate_name
 
@@ -31,6 +32,11 @@ class SpatialSample:
     # N̂ of every spot from a cell counts file (tissuemap.cell_counts), None: every spot has n_cells_per_location
     cell_counts: np.ndarray | None = None
     cell_counts_path: str = ""
+
+    @property
+    def locations(self) -> Locations:
+        """What its locations are called in messages: spots, or Visium HD bins (:mod:`tissuemap.locations`)."""
+        return sample_locations(self.adata, self.name)
 
     def spot_cells_prior(self) -> np.ndarray:
         """N̂ of every spot: its count from the cell counts file, else the sample's ``n_cells_per_location``."""
@@ -114,9 +120,10 @@ def read_qc_sample(
     alpha = check_positive(settings.get("detection_alpha", detection_alpha), "detection_alpha",
                       where if "detection_alpha" in settings else "--detection-alpha")
     slide = str(settings.get("slide") or name)
-    logger.info("%s: %d spots x %d genes from %s (N_cells_per_location %g, detection_alpha %g, slide %s)",
-                name, adata.n_obs, adata.n_vars, path, n_cells, alpha, slide)
-    return SpatialSample(name, adata, n_cells, alpha, slide, str(path))
+    sample = SpatialSample(name, adata, n_cells, alpha, slide, str(path))
+    logger.info("%s: %d %s x %d genes from %s (N_cells_per_location %g, detection_alpha %g, slide %s)",
+                name, adata.n_obs, sample.locations.many, adata.n_vars, path, n_cells, alpha, slide)
+    return sample
 
 
 def read_signatures(path: str | os.PathLike) -> pd.DataFrame:

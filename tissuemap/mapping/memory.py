@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tissuemap.errors import InputError
+from tissuemap.locations import SPOTS, Locations, shared_locations
 from tissuemap.log import logger
 
 GIB = 1 << 30
@@ -252,7 +253,7 @@ def largest_batch(size: MappingSize, device_type: str, available: dict[str, int]
 
 
 def plan_memory(size: MappingSize, device_type: str, batch_size: int | str | None, available: dict[str, int],
-                expected_expression: bool = False) -> MemoryPlan:
+                expected_expression: bool = False, locations: Locations = SPOTS) -> MemoryPlan:
     """Check that the fit asked for fits, or choose one, and log the estimate.
 
     Parameters
@@ -262,6 +263,8 @@ def plan_memory(size: MappingSize, device_type: str, batch_size: int | str | Non
         batch that fits (:func:`largest_batch`).
     available
         From :func:`available_bytes`.
+    locations
+        What the messages call the locations (:mod:`tissuemap.locations`).
 
     Raises
     ------
@@ -269,45 +272,46 @@ def plan_memory(size: MappingSize, device_type: str, batch_size: int | str | Non
         Before training, in one line saying what to change: if the full-data fit or the batch asked for does not
         fit, or if no batch does.
     """
-    what = f"{size.n_locations:,} spots x {size.n_genes:,} genes x {size.n_types} cell types"
+    many = locations.many
+    what = f"{size.n_locations:,} {many} x {size.n_genes:,} genes x {size.n_types} cell types"
     full = full_data_bytes(size, device_type, expected_expression)
     logger.info("memory plan for %s: full data needs %s", what, _describe(full, available, device_type))
     if batch_size is None or batch_size == "auto":
         short = _shortfall(full, available, device_type)
         if short is None:
             if batch_size == "auto":
-                logger.info("--batch-size auto: full data fits; training on all spots at every step")
+                logger.info("--batch-size auto: full data fits; training on all %s at every step", many)
             return MemoryPlan(None, full, available)
         largest = largest_batch(size, device_type, available, expected_expression)
         if largest is None:
-            raise InputError(_no_batch_fits(size, device_type, available, expected_expression, what))
+            raise InputError(_no_batch_fits(size, device_type, available, expected_expression, what, locations))
         if batch_size is None:
             raise InputError(f"the full-data fit of {what} needs {short}; use --batch-size auto (batches of up to "
-                             f"{largest:,} spots fit: a minibatch fit holds the counts sparse) or free memory")
+                             f"{largest:,} {many} fit: a minibatch fit holds the counts sparse) or free memory")
         needed = minibatch_bytes(size, largest, device_type, expected_expression)
-        logger.info("--batch-size auto: full data does not fit (%s); training on %s spots per step, which needs %s",
-                    short, f"{largest:,}", _describe(needed, available, device_type))
+        logger.info("--batch-size auto: full data does not fit (%s); training on %s %s per step, which needs %s",
+                    short, f"{largest:,}", many, _describe(needed, available, device_type))
         return MemoryPlan(largest, needed, available)
     needed = minibatch_bytes(size, int(batch_size), device_type, expected_expression)
     short = _shortfall(needed, available, device_type)
     if short is not None:
         largest = largest_batch(size, device_type, available, expected_expression)
         if largest is None:
-            raise InputError(_no_batch_fits(size, device_type, available, expected_expression, what))
+            raise InputError(_no_batch_fits(size, device_type, available, expected_expression, what, locations))
         raise InputError(f"--batch-size {batch_size}: a minibatch fit of {what} needs {short}; use --batch-size "
                          f"{largest} or auto")
-    logger.info("minibatch of %s spots per step needs %s", f"{int(batch_size):,}",
+    logger.info("minibatch of %s %s per step needs %s", f"{int(batch_size):,}", many,
                 _describe(needed, available, device_type))
     return MemoryPlan(int(batch_size), needed, available)
 
 
 def _no_batch_fits(size: MappingSize, device_type: str, available: dict[str, int], expected_expression: bool,
-                   what: str) -> str:
+                   what: str, locations: Locations) -> str:
     smallest = min(SMALLEST_BATCH, size.n_locations)
     short = _shortfall(minibatch_bytes(size, smallest, device_type, expected_expression), available, device_type)
     layers = " or leave out --expected-expression" if expected_expression else ""
-    return (f"mapping {what} needs at least {short} even in batches of {smallest} spots (every spot's parameters and "
-            f"the sparse counts); map fewer samples together{layers}, free memory, or use a machine with more")
+    return (f"mapping {what} needs at least {short} even in batches of {smallest} {locations.many} (every "
+            f"{locations.one}'s parameters and the sparse counts); map fewer samples together{layers}, free memory, or use a machine with more")
 
 
 def plan_mapping_memory(samples, signatures, device, batch_size: int | str | None = None,
@@ -320,4 +324,5 @@ def plan_mapping_memory(samples, signatures, device, batch_size: int | str | Non
     size = MappingSize.of_inputs(samples, signatures, n_groups)
     logger.info("this process holds %s now (the inputs read, the libraries); the plan adds to that",
                 _gib(resident_bytes()))
-    return plan_memory(size, device.type, batch_size, available_bytes(device), expected_expression)
+    return plan_memory(size, device.type, batch_size, available_bytes(device), expected_expression,
+                       shared_locations(sample.locations for sample in samples))

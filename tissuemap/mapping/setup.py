@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from tissuemap.defaults import MAPPING_MIN_SHARED_GENES
 from tissuemap.errors import InputError
+from tissuemap.locations import shared_locations
 from tissuemap.log import counted, logger
 from tissuemap.mapping.data import SpatialSample
 
@@ -128,6 +129,7 @@ def setup_mapping(
         raise InputError(f"sample name {repeated[0]!r} is given twice ({', '.join(paths)}); map each sample once")
     batch_names = list(dict.fromkeys(sample.slide for sample in samples))
     ordered = sorted(samples, key=lambda sample: batch_names.index(sample.slide))
+    locations = shared_locations(sample.locations for sample in ordered)
 
     spatial_var = _shared_spatial_genes(ordered)
     spatial_name = ordered[0].path if len(ordered) == 1 else f"the {len(ordered)} spatial samples"
@@ -173,8 +175,8 @@ def setup_mapping(
     else:
         totals = counts.sum(axis=1, dtype=np.float64)
     if (totals == 0).any():
-        logger.warning("%d spots have no count on the shared genes; their detection sensitivity will be ~0",
-                       int((totals == 0).sum()))
+        logger.warning("%d %s have no count on the shared genes; their detection sensitivity will be ~0",
+                       int((totals == 0).sum()), locations.many)
     d_hat = detection_mean(totals, sample_n_cells, batch_index, signature_matrix.astype(np.float64))
 
     device = torch.device("cpu") if device is None else device
@@ -193,8 +195,8 @@ def setup_mapping(
         detection_mean=torch.tensor(d_hat, dtype=torch.float32, device=device),
     )
     logger.info(
-        "Mapping %d spots (%s) x %d genes onto %d cell types in %s; detection mean d = %.4g",
-        n_locations, ", ".join(names), match.n_shared, len(signatures.columns), counted(len(batch_names), "batch"),
+        "Mapping %d %s (%s) x %d genes onto %d cell types in %s; detection mean d = %.4g",
+        n_locations, locations.many, ", ".join(names), match.n_shared, len(signatures.columns), counted(len(batch_names), "batch"),
         d_hat,
     )
     return MappingSetup(

@@ -11,6 +11,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tissuemap.locations import sample_locations
 from tissuemap.plotting.bins import bin_grid
 
 PANEL_SIZE = 3.4  # inches per spatial panel
@@ -24,6 +25,7 @@ def plot_cells_vs_counts(adata, path: str | os.PathLike, sample: str) -> None:
     Spots where many cells give few counts have low detection; a tight relation between cells and counts with
     detection near its batch mean means the model needed little per-spot correction.
     """
+    locations = sample_locations(adata, sample)
     counts = np.asarray(adata.X.sum(axis=1)).ravel()
     cells = adata.obs["total_cell_abundance"].to_numpy(dtype=float)
     detection = adata.obs["detection_sensitivity"].to_numpy(dtype=float)
@@ -32,13 +34,13 @@ def plot_cells_vs_counts(adata, path: str | os.PathLike, sample: str) -> None:
     try:
         points = axes[0].scatter(counts, cells, c=detection, s=6, cmap="viridis")
         fig.colorbar(points, ax=axes[0], label="detection sensitivity y_s")
-        axes[0].set_xlabel("total count per spot (shared genes)")
-        axes[0].set_ylabel("total estimated cells per spot (Σ_f mean w_sf)")
+        axes[0].set_xlabel(f"total count per {locations.one} (shared genes)")
+        axes[0].set_ylabel(f"total estimated cells per {locations.one} (Σ_f mean w_sf)")
         axes[0].set_title("estimated cells vs counts")
         axes[1].hist(detection, bins=50, color="tab:blue")
         axes[1].axvline(batch_mean, color="black", linestyle="--", label=f"slide mean y_e = {batch_mean:.3g}")
         axes[1].set_xlabel("detection sensitivity y_s (posterior mean)")
-        axes[1].set_ylabel("spots")
+        axes[1].set_ylabel(locations.many)
         axes[1].legend(frameon=False)
         fig.suptitle(f"{sample}: cell abundance and detection")
         fig.savefig(path, dpi=100)
@@ -80,7 +82,7 @@ def plot_cell_abundance_spatial(adata, path: str | os.PathLike, sample: str, sum
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_frame_on(drawn)
-        fig.suptitle(f"{sample}: estimated cells per spot ({summary})")
+        fig.suptitle(f"{sample}: estimated cells per {sample_locations(adata, sample).one} ({summary})")
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)

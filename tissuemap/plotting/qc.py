@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.collections import PatchCollection
 from matplotlib.patches import Circle, Patch
 
+from tissuemap.locations import sample_locations
 from tissuemap.plotting.bins import bin_grid
 
 HISTOGRAM_BINS = 50
@@ -26,12 +27,15 @@ UMI_SCALE_QUANTILE = 0.99
 
 
 def plot_qc_histograms(adata, path: str | Path) -> None:
-    """Save histograms of UMIs per spot, genes per spot and MT fraction (kept and removed spots stacked)."""
+    """Save histograms of UMIs per spot, genes per spot and MT fraction (kept and removed spots stacked); bins for
+    a Visium HD sample."""
+    sample = adata.uns.get("tissuemap", {}).get("sample", "")
+    locations = sample_locations(adata, sample)
     removed = adata.uns.get("qc_removed_spots", pd.DataFrame(columns=["total_counts", "n_genes_by_counts", "mt_frac"]))
     min_counts = adata.uns.get("tissuemap", {}).get("qc", {}).get("min_counts")
     panels = (
-        ("total_counts", "UMIs per spot"),
-        ("n_genes_by_counts", "genes per spot"),
+        ("total_counts", f"UMIs per {locations.one}"),
+        ("n_genes_by_counts", f"genes per {locations.one}"),
         ("mt_frac", "mitochondrial fraction of UMIs"),
     )
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
@@ -50,12 +54,11 @@ def plot_qc_histograms(adata, path: str | Path) -> None:
                 label=[f"kept ({kept_values.size})", f"removed ({removed_values.size})"],
             )
             ax.set_xlabel(label)
-            ax.set_ylabel("spots")
+            ax.set_ylabel(locations.many)
         if min_counts is not None:
             axes[0].axvline(min_counts, color="black", linestyle="--", linewidth=1, label=f"--min-counts {min_counts}")
         axes[0].legend(frameon=False)
-        sample = adata.uns.get("tissuemap", {}).get("sample", "")
-        fig.suptitle(f"{sample}: spot QC (MT genes excluded from UMIs and genes)")
+        fig.suptitle(f"{sample}: QC of the {locations.kind} (MT genes excluded from UMIs and genes)")
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
@@ -103,7 +106,7 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
     removed_xy = removed[["x", "y"]].to_numpy(dtype=float) * scale
     bins = bin_grid(adata.obs, xy, scalefactors, scale)
     radius = bins.side / 2 if bins is not None else spot_radius(xy, scalefactors, scale)
-    unit = "bin" if bins is not None else "spot"
+    locations = sample_locations(adata, sample)
 
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     try:
@@ -119,7 +122,7 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
             spots.set_clim(0, cap)
             ax.add_collection(spots)
         fig.colorbar(spots, ax=ax, shrink=0.8, extend="max" if umis.size and umis.max() > cap else "neither",
-                     label=f"UMIs per {unit} (MT genes excluded); scale ends at the {UMI_SCALE_QUANTILE:.0%} quantile "
+                     label=f"UMIs per {locations.one} (MT genes excluded); scale ends at the {UMI_SCALE_QUANTILE:.0%} quantile "
                            f"({cap:,.0f})")
         if len(removed_xy):
             outline = {"facecolor": "none", "edgecolor": REMOVED_COLOUR, "linewidth": 0.8}
@@ -143,7 +146,7 @@ def plot_qc_spatial(adata, sample: str, path: str | Path) -> None:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{sample}: UMIs per {unit}, {adata.n_obs} {unit}s kept ({scale_name} scale)")
+        ax.set_title(f"{sample}: UMIs per {locations.one}, {adata.n_obs} {locations.kind} kept ({scale_name} scale)")
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)

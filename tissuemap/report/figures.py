@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.collections import EllipseCollection
 from matplotlib.patches import Patch
 
+from tissuemap.locations import SPOTS, Locations, sample_locations
 from tissuemap.plotting.bins import BinGrid, bin_grid
 from tissuemap.plotting.qc import UMI_SCALE_QUANTILE, image_and_scale, spot_radius, umi_colour_cap
 
@@ -65,6 +66,8 @@ class TissueView:
         Axis limits framing the spots (y decreasing downwards, as on the slide image).
     bins
         For Visium HD bins, their grid (the maps are then rasters); ``None`` for spots.
+    locations
+        What the figures' texts call them (:mod:`tissuemap.locations`).
     """
 
     xy: np.ndarray
@@ -73,6 +76,7 @@ class TissueView:
     xlim: tuple[float, float]
     ylim: tuple[float, float]
     bins: BinGrid | None = None
+    locations: Locations = SPOTS
 
     @property
     def aspect(self) -> float:
@@ -100,6 +104,7 @@ def tissue_view(adata, library_id: str) -> TissueView:
         xlim=(xy[:, 0].min() - margin, xy[:, 0].max() + margin),
         ylim=(xy[:, 1].max() + margin, xy[:, 1].min() - margin),
         bins=bins,
+        locations=sample_locations(adata, library_id),
     )
 
 
@@ -235,7 +240,7 @@ def dominant_type_map(dominant: pd.Series, cell_types, view: TissueView) -> byte
     _colour_map(ax, view, np.array([colours[name] for name in dominant]), **SPOT_EDGE)
     handles = [Patch(color=colours[name], label=_plain(f"{name} ({counts[name]})")) for name in present]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small",
-              title="dominant type (spots)", ncols=1 + len(handles) // 25)
+              title=f"dominant type ({view.locations.many})", ncols=1 + len(handles) // 25)
     return _png(fig)
 
 
@@ -278,7 +283,7 @@ def overlay_map(abundance: pd.DataFrame, view: TissueView, cell_types: list[str]
         _colour_map(ax, view, rgba)
         handles = [Patch(color=colour, label=_plain(name)) for name, colour in zip(cell_types, colours)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="medium",
-                  title="cell type (colour intensity:\nits cells per spot)")
+                  title=f"cell type (colour intensity:\nits cells per {view.locations.one})")
         return _png(fig)
 
 
@@ -290,8 +295,8 @@ def spot_qc_maps(adata, view: TissueView) -> bytes:
     cells = adata.obs["total_cell_abundance"].to_numpy(dtype=float)
     detection = adata.obs["detection_sensitivity"].to_numpy(dtype=float)
     panels = [
-        (umis, f"UMIs per spot\n(scale: 0 to {UMI_SCALE_QUANTILE:.0%} quantile)", (0.0, umi_colour_cap(umis))),
-        (cells, "total cells per spot\n(scale: 0 to 99.2% quantile)", (0.0, colour_scale_limit(cells))),
+        (umis, f"UMIs per {view.locations.one}\n(scale: 0 to {UMI_SCALE_QUANTILE:.0%} quantile)", (0.0, umi_colour_cap(umis))),
+        (cells, f"total cells per {view.locations.one}\n(scale: 0 to 99.2% quantile)", (0.0, colour_scale_limit(cells))),
         # detection varies around its slide's mean: the scale spans its spots' range, not from 0
         (detection, "detection sensitivity y_s\n(scale: 0.8% to 99.2% quantile)",
          tuple(np.quantile(detection, [1 - COLOUR_SCALE_QUANTILE, COLOUR_SCALE_QUANTILE]))),
@@ -311,22 +316,24 @@ def spot_qc_maps(adata, view: TissueView) -> bytes:
     return _png(fig)
 
 
-def proportion_bars(proportions: pd.DataFrame) -> bytes:
+def proportion_bars(proportions: pd.DataFrame, locations: Locations) -> bytes:
     """Per cell type, its mean proportion over spots (bar) and the middle half of its spots (line), largest first.
 
     Parameters
     ----------
     proportions
         Spots × cell types, rows summing to 1.
+    locations
+        What the labels call the rows (:mod:`tissuemap.locations`).
     """
     means = proportions.mean().sort_values()
     rows = np.arange(len(means))
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.3 * len(means)), layout="constrained")
-    ax.barh(rows, means.to_numpy(), color="tab:blue", label="mean over spots")
+    ax.barh(rows, means.to_numpy(), color="tab:blue", label=f"mean over {locations.many}")
     ax.hlines(rows, proportions[means.index].quantile(0.25), proportions[means.index].quantile(0.75),
-              color="black", linewidth=2, label="25%–75% of spots")
+              color="black", linewidth=2, label=f"25%–75% of {locations.many}")
     ax.set_yticks(rows, [_plain(name) for name in means.index])
-    ax.set_xlabel("proportion of the spot's cells (q05 abundance normalised per spot)")
+    ax.set_xlabel(f"proportion of the {locations.one}'s cells (q05 abundance normalised per {locations.one})")
     ax.set_xlim(0, None)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     return _png(fig)
