@@ -39,7 +39,7 @@ from pathlib import Path
 
 GIB = 1 << 30
 PLAN_LINE = re.compile(r"full data needs ([\d.]+) GiB")
-MINIBATCH_PLAN_LINE = re.compile(r"(?:minibatch of|training on) [\d,]+ spots per step(?:,)? (?:which )?needs ([\d.]+) GiB")
+MINIBATCH_PLAN_LINE = re.compile(r"(?:minibatch of|training on) [\d,]+ (?:spots|bins) per step(?:,)? (?:which )?needs ([\d.]+) GiB")
 HELD_LINE = re.compile(r"this process holds ([\d.]+) GiB")
 
 
