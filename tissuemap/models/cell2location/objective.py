@@ -2,10 +2,11 @@
 
 Equal to Pyro's ``Trace_ELBO`` on :func:`~.pyro_model.model` with ``AutoNormal`` (the tests check loss and
 gradients), and much cheaper: reparameterised log-normal draws; the Gamma log-densities of all sites in a few calls
-over the flat vector of latent values (:meth:`MappingObjective.log_prior`); a negative-binomial likelihood that does
-no redundant work (the constant ``log Γ(x+1)`` left out, ``Σ log Γ(x+α)`` from the non-zero entries of each gene's
-count histogram, the terms of every location × gene entry and their gradient computed together by hand, block by
-block, zero counts never read: :mod:`.likelihood`). Everything that depends only on the data is computed once.
+over the flat vector of latent values (:meth:`MappingObjective.log_prior`); a negative-binomial likelihood written
+without cancellation at large α that does no redundant work (the constant ``log Γ(x+1)`` left out,
+``Σ_{j<x} log1p(j/α)`` from the non-zero entries of each gene's count histogram, the terms of every location × gene
+entry and their gradient computed together by hand, block by block, zero counts never read: :mod:`.likelihood`).
+Everything that depends only on the data is computed once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tissuemap.models.cell2location.sites import (
     guide_scale,
     prior_means,
 )
-from tissuemap.models.negative_binomial import large_count_log_gamma_terms
+from tissuemap.models.negative_binomial import large_count_log1p_terms
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -51,9 +52,7 @@ class MappingObjective:
         self.priors = priors
         self.layout = SiteLayout.for_data(data, priors)
         self.batch_index = data.batch_index
-        bounds = data.batch_bounds()
-        self.locations_per_batch = data.counts.new_tensor([[end - start] for start, end in bounds])
-        self.counts = CountTables(data.counts, data.signatures, bounds, block_rows)
+        self.counts = CountTables(data.counts, data.signatures, data.batch_bounds(), block_rows)
         self.log_factorial_total = self.counts.log_factorial_total
         self.sizes = [math.prod(self.layout.shapes[name]) for name in SITE_NAMES]
         self._setup_priors()
@@ -121,12 +120,11 @@ class MappingObjective:
         alpha = v["v_eg"].pow(-2)  # (E, G)
         counts = self.counts
         mean_terms = NegativeBinomialMeanTerms.apply(v["w_sf"], v["m_g"], v["s_eg"], v["y_s"], alpha, counts)
-        alpha_log_alpha = (self.locations_per_batch * alpha * torch.log(alpha)).sum()
-        # Σ_s log Γ(x+α) − log Γ(α): histogram part, then the counts above the cutoff one by one
+        # Σ_s Σ_{j<x} log1p(j/α): histogram part, then the counts above the cutoff one by one
         histogram = counts.exceedance(alpha)
-        large = large_count_log_gamma_terms(counts.large_values, alpha[counts.large_batch, counts.large_gene],
-                                            counts.cutoff)
-        return mean_terms + alpha_log_alpha + histogram + large
+        large = large_count_log1p_terms(counts.large_values, alpha[counts.large_batch, counts.large_gene],
+                                        counts.cutoff)
+        return mean_terms + histogram + large
 
     def negative_elbo(self, guide_parameters: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """−ELBO (without Σ log Γ(x+1)) for the guide sample ``θ = exp(loc + scale·eps)``.
