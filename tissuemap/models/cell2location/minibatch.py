@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tissuemap.models.cell2location.densities import draw_guide, gamma_log_density
 from tissuemap.models.cell2location.likelihood import (
     CountBlock,
     HistogramTables,
@@ -46,7 +47,6 @@ from tissuemap.models.cell2location.likelihood import (
     default_block_rows,
     histogram_cutoff,
 )
-from tissuemap.models.cell2location.objective import HALF_LOG_2PI
 from tissuemap.models.cell2location.sites import (
     LOCATION_SITES,
     SITE_NAMES,
@@ -54,7 +54,6 @@ from tissuemap.models.cell2location.sites import (
     MappingData,
     MappingPriors,
     SiteLayout,
-    guide_scale,
 )
 from tissuemap.models.cell2location.stable_likelihood import StableMeanTerms, count_terms
 from tissuemap.models.negative_binomial import count_steps
@@ -134,11 +133,6 @@ class Batch:
     @property
     def size(self) -> int:
         return self.ids.numel()
-
-
-def gamma_log_density(shape, rate, z, theta) -> torch.Tensor:
-    """Σ log Gamma(θ; shape, rate) with log θ = z given (shape and rate broadcast to θ's shape)."""
-    return (shape * torch.log(rate) + (shape - 1) * z - rate * theta - torch.lgamma(shape)).sum()
 
 
 class MinibatchObjective:
@@ -235,8 +229,8 @@ class MinibatchObjective:
             ``(P_global,)`` and ``(N, L)`` standard normal noise.
         """
         scale = self.data.n_locations / batch.size  # the batch's terms stand for all S locations
-        global_z, global_term = _draw(global_parameters, global_eps)
-        local_z, local_term = _draw(local_parameters, local_eps)
+        global_z, global_term = draw_guide(global_parameters, global_eps)
+        local_z, local_term = draw_guide(local_parameters, local_eps)
         z = {**self.layout.global_sites(global_z), **self.layout.local_sites(local_z)}
         theta = {name: torch.exp(value) for name, value in z.items()}
         parameters = self._prior_parameters(theta, batch)
@@ -248,9 +242,3 @@ class MinibatchObjective:
         estimated = log_prior(LOCATION_SITES) + self.log_likelihood(theta, batch) + local_term
         return -(exact + scale * estimated)
 
-
-def _draw(parameters: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z = loc + σ·eps`` and −log q of the draw (its normal density and the Jacobian of θ = exp(z))."""
-    loc, scale = parameters[0], guide_scale(parameters[1])
-    z = loc + scale * eps
-    return z, (0.5 * eps.square() + torch.log(scale) + z).sum() + HALF_LOG_2PI * eps.numel()

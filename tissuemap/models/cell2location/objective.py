@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from tissuemap.models.cell2location.densities import draw_guide, gamma_log_density, gamma_normaliser
 from tissuemap.models.cell2location.likelihood import CountTables, NegativeBinomialMeanTerms
 from tissuemap.models.cell2location.sites import (
     SITE_NAMES,
@@ -22,12 +23,9 @@ from tissuemap.models.cell2location.sites import (
     MappingData,
     MappingPriors,
     SiteLayout,
-    guide_scale,
     prior_means,
 )
 from tissuemap.models.negative_binomial import large_count_log1p_terms
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class MappingObjective:
@@ -73,7 +71,7 @@ class MappingObjective:
             a, b = (torch.as_tensor(value, dtype=like.dtype, device=like.device).expand(shape).reshape(-1)
                     for value in site.prior({}, self.data, self.priors))
             self.constant_shape[site.name], self.constant_rate[site.name] = a, b
-            constant_normaliser += float((a.double() * torch.log(b.double()) - torch.lgamma(a.double())).sum())
+            constant_normaliser += float(gamma_normaliser(a.double(), b.double()))
         self.constant_normaliser = constant_normaliser
         self.multiplicity = torch.cat(multiplicity).to(like.device)
 
@@ -88,9 +86,9 @@ class MappingObjective:
         return torch.broadcast_tensors(a, b)
 
     def log_prior(self, z: torch.Tensor, theta: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Σ over all sites of log Gamma(θ; a, b) = a log b − log Γ(a) + (a − 1) z − b θ, using log θ = z (flat)."""
+        """Σ over all sites of log Gamma(θ; a, b) (:func:`.densities.gamma_log_density`), using log θ = z (flat)."""
         shape, rate, normaliser = self._spread_priors(v)
-        return normaliser + torch.dot(shape - 1, z) - torch.dot(rate, theta)
+        return gamma_log_density(shape, rate, z, theta, normaliser)
 
     def _spread_priors(self, v: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shape a and rate b of every value's prior, flat ``(P,)``, and Σ a log b − log Γ(a) over all values.
@@ -112,7 +110,7 @@ class MappingObjective:
             shapes.append(a.expand(site_shape).reshape(-1))
             rates.append(b.expand(site_shape).reshape(-1))
         a, b = torch.cat(dependent_shapes), torch.cat(dependent_rates)
-        normaliser = torch.dot(self.multiplicity, a * torch.log(b) - torch.lgamma(a)) + self.constant_normaliser
+        normaliser = gamma_normaliser(a, b, self.multiplicity) + self.constant_normaliser
         return torch.cat(shapes), torch.cat(rates), normaliser
 
     def log_likelihood(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -136,16 +134,9 @@ class MappingObjective:
         eps
             ``(P,)`` standard normal noise.
         """
-        loc, raw_scale = guide_parameters.unbind(0)
-        scale = guide_scale(raw_scale)
-        z = torch.addcmul(loc, scale, eps)
+        z, minus_log_q = draw_guide(guide_parameters, eps)
         theta = torch.exp(z)
         # one split (its gradient is one concatenation), then every site's view at its shape
         values = {name: part.view(self.layout.shapes[name])
                   for name, part in zip(SITE_NAMES, theta.split(self.sizes))}
-        shape, rate, normaliser = self._spread_priors(values)
-        # log p(θ) − log q(θ): the prior's (a − 1) z and the Jacobian's z of θ = exp(z) together make a z; the
-        # normal density of z gives −Σ log(scale) − Σ eps² / 2 − P log √(2π)
-        log_ratio = (normaliser + torch.dot(shape, z) - torch.dot(rate, theta) + torch.log(scale).sum()
-                     + 0.5 * torch.dot(eps, eps) + HALF_LOG_2PI * eps.numel())
-        return -(log_ratio + self.log_likelihood(values))
+        return -(self.log_prior(z, theta, values) + minus_log_q + self.log_likelihood(values))
