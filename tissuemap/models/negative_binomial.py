@@ -63,6 +63,12 @@ def histogram_log_gamma_terms(exceedance: torch.Tensor, alpha: torch.Tensor, ste
     return (exceedance * torch.log(alpha + steps)).sum()
 
 
+def histogram_log1p_terms(exceedance: torch.Tensor, alpha: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Σ_j #(x > j) log1p(j/α): :func:`histogram_log_gamma_terms` without Σ min(x, K) log α (see
+    :class:`ExceedanceTerms`, the same for a table that stays fixed), from a dense table (parameters as there)."""
+    return (exceedance * torch.log1p(steps / alpha)).sum()
+
+
 def large_count_log_gamma_terms(values: torch.Tensor, alpha: torch.Tensor, cutoff: int) -> torch.Tensor:
     """Σ log Γ(x+α) − log Γ(K+α) over counts x above the cutoff K, each with its own α: the rest of their
     Σ log Γ(x+α) − log Γ(α) beyond :func:`histogram_log_gamma_terms`."""
