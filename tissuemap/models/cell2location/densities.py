@@ -33,7 +33,14 @@ def gamma_log_density(shape, rate, z, theta, normaliser=None) -> torch.Tensor:
     if normaliser is None:
         pairs = torch.broadcast_shapes(shape.shape, rate.shape).numel()
         normaliser = gamma_normaliser(shape, rate, theta.numel() // pairs)
-    return normaliser + torch.mul(shape - 1, z).sum() - torch.mul(rate, theta).sum()
+    return normaliser + _weighted_sum(shape - 1, z) - _weighted_sum(rate, theta)
+
+
+def _weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Σ weights · values, ``weights`` broadcast to ``values`` (one dot product where both are flat vectors)."""
+    if weights.shape == values.shape and values.dim() == 1:
+        return torch.dot(weights, values)
+    return torch.mul(weights, values).sum()
 
 
 def draw_guide(parameters: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,5 +49,6 @@ def draw_guide(parameters: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tenso
     """
     loc, scale = parameters[0], guide_scale(parameters[1])
     z = torch.addcmul(loc, scale, eps)
-    minus_log_q = torch.log(scale).sum() + 0.5 * eps.square().sum() + z.sum() + HALF_LOG_2PI * eps.numel()
+    flat_eps = eps.reshape(-1)
+    minus_log_q = torch.log(scale).sum() + 0.5 * torch.dot(flat_eps, flat_eps) + z.sum() + HALF_LOG_2PI * eps.numel()
     return z, minus_log_q

@@ -12,23 +12,23 @@ objectives, full-data (:mod:`.objective`) and minibatch (:mod:`.minibatch`), sco
 With μ_sg = y_s (Σ_f w_sf g_fg m_g + s_g) = ([y ⊙ w, y] [g ⊙ m; s])_sg (one matrix product) and α = α_eg of the
 location's batch, the μ-dependent terms, summed over every location × gene entry, are
 
-    −Σ_g α_g Σ_s L  +  Σ_{x>0} x (log μ − L)
+    −Σ_g α_g Σ_s L  +  Σ_{x>0} x log(μ r)        with r = 1/(1 + μ/α) = α/(α+μ), L = −log r
 
-so that the counts are read only where they are not zero. Their gradient with respect to μ is −α q + x (1/μ − q)
-with q = 1/(α+μ), i.e. −α q' with q' = q − x q / μ (the second part only where x > 0); with respect to α,
-−L + μ q' + x/α per entry. Every gradient the model needs is a reduction of q' (and of L) over locations or genes,
-so two matrix products give them all:
+(x (log μ − L) = x log(μ r): the log of a product, accurate wherever μ ≪ α or μ ≫ α), so that the counts are read
+only where they are not zero. Their gradient with respect to μ is −r + x (1/μ − r/α), i.e. −r' with r' = r − x r / μ
+(the second part only where x > 0); with respect to α, −L + μ r'/α + x/α per entry. Every gradient the model needs is
+a reduction of r' (and of L) over locations or genes, so two matrix products give them all:
 
-    A = [y ⊙ w, y]ᵀ q'          (F+1, G):  ∂/∂m_g, ∂/∂s_g, and Σ_s μ q' = Σ_k [g ⊙ m; s]_kg A_kg for ∂/∂α_g
-    B = q' [(α m ⊙ g)ᵀ, α s]    (S, F+1):  ∂/∂w_sf and ∂/∂y_s
+    A = [y ⊙ w, y]ᵀ r'          (F+1, G):  ∂/∂m_g, ∂/∂s_g, and Σ_s μ r' = Σ_k [g ⊙ m; s]_kg A_kg for ∂/∂α_g
+    B = r' [g ⊙ m; s]ᵀ          (S, F+1):  ∂/∂w_sf and ∂/∂y_s
 
-and ∂/∂α_g = −Σ_s L + Σ_s μ q' + Σ_s x / α (each term of the size of μ/α: no cancellation of large terms). A
-block of locations is thus one matrix product that writes μ, four passes over its location × gene entries (μ/α, its
-log1p, α+μ, its reciprocal), a column sum and two matrix products that read q', plus passes over the non-zero counts
-(three gathers, one scatter-add that never hits an index twice, a few element-wise products); no autograd
-temporaries. Measured against an all-dense variant (no gathers or scatters, the counts read densely): twice as fast at
-40-45 % non-zero counts. The terms that involve only α and the counts, Σ_{j<x} log1p(j/α), come from the count
-tables (:class:`~tissuemap.models.negative_binomial.ExceedanceTerms`,
+and ∂/∂α_g = −Σ_s L + (Σ_s μ r' + Σ_s x) / α (each term of the size of μ/α: no cancellation of large terms). A block
+of locations is thus one matrix product that writes μ, passes over its location × gene entries (μ/α, 1 + μ/α and its
+reciprocal, the log1p of pairs of rows: :func:`log1p_column_sums`) and two matrix products that read r', plus
+passes over the non-zero counts (two gathers, one scatter-add that never hits an index twice, a few element-wise
+products); no autograd temporaries. Measured against an all-dense variant (no gathers or scatters, the counts read
+densely): twice as fast at 40-45 % non-zero counts. The terms that involve only α and the counts, Σ_{j<x} log1p(j/α),
+come from the count tables (:class:`~tissuemap.models.negative_binomial.ExceedanceTerms`,
 :func:`~tissuemap.models.negative_binomial.large_count_log1p_terms`).
 """
 
@@ -174,8 +174,23 @@ class CountScratch:
         return self.first[:size].view(rows, genes), self.second[:size].view(rows, genes)
 
 
-def block_terms(w, detection, left, linear, alpha, inverse_alpha, right, block: CountBlock, scratch: CountScratch):
-    """The μ-dependent terms of one block of locations of one batch, and their gradients.
+def log1p_column_sums(ratio: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Σ over rows of log1p(``ratio``) ``(n, G)``, ``ratio`` ≥ 0, working in ``scratch`` (its first n/2 rows).
+
+    Two rows at a time, log1p(a) + log1p(b) = log1p(a + b + ab): half the log1p (on a CPU three times a log's cost),
+    and a + b + ab keeps the relative precision of a and b (a sum of non-negative terms). It overflows only where
+    (1+a)(1+b) exceeds float32's range, μ/α above 1e19: an α below 1e-13, a guide draw far beyond any fit.
+    """
+    half = ratio.shape[0] // 2
+    top, bottom = ratio[:half], ratio[half: 2 * half]
+    sums = torch.add(top, bottom, out=scratch[:half]).addcmul_(top, bottom).log1p_().sum(0)
+    if ratio.shape[0] % 2:
+        sums += torch.log1p(ratio[-1])
+    return sums
+
+
+def block_terms(w, detection, left, linear, inverse_alpha, block: CountBlock, scratch: CountScratch):
+    """The μ-dependent terms of one block of locations of one batch but −Σ_g α_g Σ_s L, and their gradients.
 
     Parameters
     ----------
@@ -187,32 +202,30 @@ def block_terms(w, detection, left, linear, alpha, inverse_alpha, right, block: 
         ``(n, F+1)`` [y ⊙ w, y] (see the module's note).
     linear
         ``(F+1, G)`` [g ⊙ m; s] of the block's batch: μ = left @ linear.
-    alpha, inverse_alpha
-        ``(1, G)`` α_eg of the block's batch, and 1/α_eg.
-    right
-        ``(G, F+1)`` [(α m ⊙ g)ᵀ, α s] of the block's batch.
+    inverse_alpha
+        ``(1, G)`` 1/α_eg of the block's batch.
     block, scratch
         The block's non-zero counts, and the buffers to work in.
 
     Returns
     -------
-    The terms (0-d); the gradients with respect to ``w`` ``(n, F)`` and ``detection`` ``(n, 1)``; and ``A``
-    ``(F+1, G)`` and Σ_s L ``(G,)``, from which the gradients with respect to m_g, s_eg and α_eg follow per batch.
+    Σ_{x>0} x log(μ r) (0-d); the gradients with respect to ``w`` ``(n, F)`` and ``detection`` ``(n, 1)``; ``A``
+    ``(F+1, G)`` and Σ_s L ``(G,)``, from which the rest of the terms and the gradients with respect to m_g, s_eg and
+    α_eg follow per batch.
     """
     n, F = w.shape
-    mu, log1p_ratio = scratch.views(n, linear.shape[1])
+    ratio, log1p_ratio = scratch.views(n, linear.shape[1])
     index = block.flat_index
-    torch.mm(left, linear, out=mu)  # μ = (w (g ⊙ m) + s) y, one matrix product
+    mu = torch.mm(left, linear, out=ratio)  # μ = (w (g ⊙ m) + s) y, one matrix product
     mu_observed = mu.view(-1).index_select(0, index)
-    torch.mul(mu, inverse_alpha, out=log1p_ratio).log1p_()  # L = log1p(μ/α)
-    log1p_observed = log1p_ratio.view(-1).index_select(0, index)
-    log1p_sums = log1p_ratio.sum(0)
-    inverse = mu.add_(alpha).reciprocal_()  # q = 1 / (α+μ)
-    inverse_observed = inverse.view(-1).index_select(0, index)
-    terms = torch.dot(block.values, torch.log(mu_observed).sub_(log1p_observed)) - torch.dot(alpha.view(-1), log1p_sums)
-    inverse.view(-1).scatter_add_(0, index, block.negative_values / mu_observed * inverse_observed)  # q'
-    reduced_genes = left.T @ inverse  # A
-    reduced_locations = inverse @ right  # B
+    ratio = mu.mul_(inverse_alpha)  # μ/α
+    log1p_sums = log1p_column_sums(ratio, log1p_ratio)  # Σ_s L
+    share = ratio.add_(1).reciprocal_()  # r = α/(α+μ)
+    share_observed = share.view(-1).index_select(0, index)
+    terms = torch.dot(block.values, torch.log(mu_observed * share_observed))
+    share.view(-1).scatter_add_(0, index, block.negative_values / mu_observed * share_observed)  # r'
+    reduced_genes = left.T @ share  # A
+    reduced_locations = share @ linear.T  # B
     grad_w = reduced_locations[:, :F].mul(detection).neg_()
     grad_detection = -(torch.linalg.vecdot(w, reduced_locations[:, :F]) + reduced_locations[:, F]).unsqueeze(1)
     return terms, grad_w, grad_detection, reduced_genes, log1p_sums
@@ -232,28 +245,27 @@ class NegativeBinomialMeanTerms(torch.autograd.Function):
     def forward(ctx, w, platform, background, detection, alpha, counts):
         F = w.shape[1]
         E, G = alpha.shape
-        weighted = counts.signatures * platform  # (F, G)
         inverse_alpha = alpha.reciprocal()
         grad_w = torch.empty_like(w)
         grad_detection = torch.empty_like(detection)
         reduced = w.new_zeros(E, F + 1, G)  # per batch: A summed over its blocks
         log1p_sums = torch.zeros_like(alpha)  # per batch: Σ_s L
-        rights = torch.cat([(weighted * alpha.unsqueeze(1)).transpose(1, 2), (alpha * background).unsqueeze(2)], 2)
-        linears = torch.cat([weighted.expand(E, F, G), background.unsqueeze(1)], 1)
+        linears = torch.cat([(counts.signatures * platform).expand(E, F, G), background.unsqueeze(1)], 1)
         lefts = torch.cat([w * detection, detection], 1)
         terms = w.new_zeros(())
         for block in counts.blocks:
             rows, batch = slice(block.start, block.end), block.batch
             block_sum, grad_w[rows], grad_detection[rows], block_reduced, block_log1p_sums = block_terms(
-                w[rows], detection[rows], lefts[rows], linears[batch], alpha[batch: batch + 1],
-                inverse_alpha[batch: batch + 1], rights[batch], block, counts.scratch,
+                w[rows], detection[rows], lefts[rows], linears[batch], inverse_alpha[batch: batch + 1], block,
+                counts.scratch,
             )
             terms += block_sum
             reduced[batch] += block_reduced
             log1p_sums[batch] += block_log1p_sums
-        grad_platform = -(alpha * (counts.signatures * reduced[:, :F]).sum(1)).sum(0, keepdim=True)
-        grad_background = -alpha * reduced[:, F]
-        grad_alpha = (linears * reduced).sum(1).sub_(log1p_sums).addcmul_(counts.totals, inverse_alpha)
+        terms -= torch.dot(alpha.view(-1), log1p_sums.view(-1))
+        grad_platform = -(counts.signatures * reduced[:, :F]).sum((0, 1)).unsqueeze(0)
+        grad_background = -reduced[:, F]
+        grad_alpha = ((linears * reduced).sum(1) + counts.totals).mul_(inverse_alpha).sub_(log1p_sums)
         ctx.save_for_backward(grad_w, grad_platform, grad_background, grad_detection, grad_alpha)
         return terms
 
