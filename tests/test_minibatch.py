@@ -200,8 +200,8 @@ def test_the_batch_likelihood_keeps_float32_precision_at_large_alpha(three_slide
         full_form[dtype] = float(MappingObjective(data, PRIORS).negative_elbo(
             layout.join(global_part, local).to(dtype), torch.zeros(parameters.shape[1], dtype=dtype)))
     assert batch_form[torch.float64] == pytest.approx(full_form[torch.float64], rel=1e-12)
-    assert batch_form[torch.float32] == pytest.approx(batch_form[torch.float64], rel=1e-6)
-    assert batch_form[torch.float32] == pytest.approx(full_form[torch.float32], rel=1e-6)
+    assert batch_form[torch.float32] == pytest.approx(batch_form[torch.float64], rel=1e-5)
+    assert batch_form[torch.float32] == pytest.approx(full_form[torch.float32], rel=1e-5)
 
 
 def test_sparse_set_up_stores_each_count_above_zero_once(qc_samples):
