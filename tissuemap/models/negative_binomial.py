@@ -85,7 +85,8 @@ def large_count_log1p_terms(values: torch.Tensor, batch: torch.Tensor, gene: tor
     x, a = values.double(), alpha.double().reshape(-1)
     pair = batch * alpha.shape[1] + gene
     n_large = torch.bincount(pair, minlength=a.numel()).to(a.dtype)
-    excess = torch.bincount(pair, weights=x - cutoff, minlength=a.numel())  # whole numbers: exact in any order
+    # whole numbers: exact in any order; torch gives int64 for no counts at all
+    excess = torch.bincount(pair, weights=x - cutoff, minlength=a.numel()).to(a.dtype)
     terms = (torch.lgamma(x + a.index_select(0, pair)).sum() - torch.dot(n_large, torch.lgamma(cutoff + a))
              - torch.dot(excess, torch.log(a)))
     return terms.to(alpha.dtype)
