@@ -75,20 +75,20 @@ def large_count_log_gamma_terms(values: torch.Tensor, alpha: torch.Tensor, cutof
     return (torch.lgamma(values + alpha) - torch.lgamma(cutoff + alpha)).sum()
 
 
-def large_count_log1p_terms(values: torch.Tensor, batch: torch.Tensor, gene: torch.Tensor, alpha: torch.Tensor,
-                            cutoff: int) -> torch.Tensor:
-    """Σ_{K≤j<x} log1p(j/α) = log Γ(x+α) − log Γ(K+α) − (x−K) log α over counts x above the cutoff K, of the given
-    ``batch`` and ``gene`` (``alpha`` ``(E, G)``): the rest of their Σ_{j<x} log1p(j/α) beyond an
-    :class:`ExceedanceTerms` table. In float64 (few counts; in float32 the two log Γ, each about α log α, would
-    nearly cancel for a large α); the terms of α alone once per batch and gene, weighted by that pair's number of
-    counts above K and their Σ (x−K); returned in ``alpha``'s dtype."""
+def large_count_log1p_terms(values: torch.Tensor, pairs: torch.Tensor, alpha: torch.Tensor, cutoff: int,
+                            pair_counts: torch.Tensor, pair_excess: torch.Tensor) -> torch.Tensor:
+    """Σ_{K≤j<x} log1p(j/α) = log Γ(x+α) − log Γ(K+α) − (x−K) log α over counts x above the cutoff K: the rest of their
+    Σ_{j<x} log1p(j/α) beyond an :class:`ExceedanceTerms` table.
+
+    ``pairs``: each count's index in ``alpha`` ``(E, G)`` flattened; ``pair_counts`` and ``pair_excess`` ``(E, G)``:
+    how many of the counts each (batch, gene) has, and their Σ (x−K), so that the terms of α alone are computed once
+    per batch and gene. In float64 (few counts; in float32 the two log Γ, each about α log α, would nearly cancel
+    for a large α); returned in ``alpha``'s dtype.
+    """
     x, a = values.double(), alpha.double().reshape(-1)
-    pair = batch * alpha.shape[1] + gene
-    n_large = torch.bincount(pair, minlength=a.numel()).to(a.dtype)
-    # whole numbers: exact in any order; torch gives int64 for no counts at all
-    excess = torch.bincount(pair, weights=x - cutoff, minlength=a.numel()).to(a.dtype)
-    terms = (torch.lgamma(x + a.index_select(0, pair)).sum() - torch.dot(n_large, torch.lgamma(cutoff + a))
-             - torch.dot(excess, torch.log(a)))
+    terms = (torch.lgamma(x + a.index_select(0, pairs)).sum()
+             - torch.dot(pair_counts.double().reshape(-1), torch.lgamma(cutoff + a))
+             - torch.dot(pair_excess.double().reshape(-1), torch.log(a)))
     return terms.to(alpha.dtype)
 
 

@@ -72,13 +72,14 @@ def histogram_cutoff(value_parts, n_batches: int, n_genes: int) -> int:
 @dataclass(frozen=True)
 class HistogramTables:
     """What Σ_{j<x} log1p(j/α) and the α-gradient of the likelihood need of some counts, per batch and gene, for the
-    cutoff K (see :class:`CountTables`): the dense exceedance table, the counts above K one by one, and the total
-    count of every batch and gene."""
+    cutoff K (see :class:`CountTables`): the dense exceedance table, the counts above K one by one and per batch and
+    gene, and the total count of every batch and gene."""
 
     exceedance: torch.Tensor  # (E, K, G): batch e's counts of gene g above j
-    large_values: torch.Tensor  # counts above K, with their batch and gene
-    large_batch: torch.Tensor
-    large_gene: torch.Tensor
+    large_values: torch.Tensor  # counts above K
+    large_pairs: torch.Tensor  # their batch e and gene g, as e * G + g
+    large_counts: torch.Tensor  # (E, G): how many counts of batch e and gene g are above K
+    large_excess: torch.Tensor  # (E, G): their Σ (x − K)
     totals: torch.Tensor  # (E, G): Σ x over batch e's locations, of gene g
 
     @staticmethod
@@ -99,10 +100,15 @@ class HistogramTables:
                                else torch.full_like(large_gene[-1], batch))
         exceedance = exceedance_table(histogram.reshape(E, K, G), 1)
         large_values, large_batch, large_gene = (torch.cat(part) for part in (large_values, large_batch, large_gene))
-        # Σ min(x, K) from the table, then the rest of the large counts; in integers: exact, in any order
-        totals = exceedance.sum(1).view(-1).index_add_(0, large_batch * G + large_gene, large_values.long() - K)
-        return HistogramTables(exceedance.to(values.dtype), large_values, large_batch, large_gene,
-                               totals.view(E, G).to(values.dtype))
+        pairs = large_batch * G + large_gene
+        # per batch and gene, in integers (exact, in any order): no host read when the objective uses them
+        large_counts = torch.zeros(E * G, dtype=torch.int64, device=pairs.device).index_add_(
+            0, pairs, torch.ones_like(pairs))
+        large_excess = torch.zeros_like(large_counts).index_add_(0, pairs, large_values.long() - K)
+        totals = exceedance.sum(1).view(-1) + large_excess  # Σ min(x, K) from the table, then the rest
+        dtype = values.dtype
+        return HistogramTables(exceedance.to(dtype), large_values, pairs,
+                               *(part.view(E, G).to(dtype) for part in (large_counts, large_excess, totals)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,8 @@ class CountTables:
     ``exceedance`` (:class:`~tissuemap.models.negative_binomial.ExceedanceTerms`) counts, per batch e and gene g, the
     locations with x_sg > j, for j below the cutoff K (the smallest count value, 1 to :data:`HISTOGRAM_MAX_COUNT`,
     exceeded by at most E·G entries); the rare larger counts
-    (``large_values``, ``large_batch``, ``large_gene``) get Σ_{K≤j<x} log1p(j/α) each. ``log_factorial_total``:
+    (``large_values``, ``large_pairs``, ``large_counts``, ``large_excess``: as in :class:`HistogramTables`) get
+    Σ_{K≤j<x} log1p(j/α) each. ``log_factorial_total``:
     the constant Σ log Γ(x+1) the objective leaves out.
 
     Parameters
@@ -156,8 +163,8 @@ class CountTables:
         tables = HistogramTables.build(((block.values, block.flat_index % n_genes, block.batch)
                                         for block in self.blocks), n_batches, n_genes, self.cutoff)
         self.exceedance = ExceedanceTerms(tables.exceedance)
-        self.large_values, self.large_batch, self.large_gene = tables.large_values, tables.large_batch, tables.large_gene
-        self.totals = tables.totals
+        self.large_values, self.large_pairs = tables.large_values, tables.large_pairs
+        self.large_counts, self.large_excess, self.totals = tables.large_counts, tables.large_excess, tables.totals
         self.log_factorial_total = sum(float(torch.lgamma(block.values.double() + 1).sum()) for block in self.blocks)
         self.scratch = CountScratch(max(end - start for start, end, _ in ranges) * n_genes, counts)
 

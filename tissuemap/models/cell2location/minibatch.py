@@ -222,7 +222,8 @@ class MinibatchObjective:
                                                      batch)
         tables = batch.tables
         histogram = histogram_log1p_terms(tables.exceedance, alpha.unsqueeze(1), self.count_steps)
-        large = large_count_log1p_terms(tables.large_values, tables.large_batch, tables.large_gene, alpha, self.cutoff)
+        large = large_count_log1p_terms(tables.large_values, tables.large_pairs, alpha, self.cutoff,
+                                        tables.large_counts, tables.large_excess)
         return mean_terms + histogram + large
 
     def negative_elbo(self, global_parameters: torch.Tensor, local_parameters: torch.Tensor,

@@ -120,8 +120,8 @@ class MappingObjective:
         mean_terms = NegativeBinomialMeanTerms.apply(v["w_sf"], v["m_g"], v["s_eg"], v["y_s"], alpha, counts)
         # Σ_s Σ_{j<x} log1p(j/α): histogram part, then the counts above the cutoff one by one
         histogram = counts.exceedance(alpha)
-        large = large_count_log1p_terms(counts.large_values, counts.large_batch, counts.large_gene, alpha,
-                                        counts.cutoff)
+        large = large_count_log1p_terms(counts.large_values, counts.large_pairs, alpha, counts.cutoff,
+                                        counts.large_counts, counts.large_excess)
         return mean_terms + histogram + large
 
     def negative_elbo(self, guide_parameters: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
