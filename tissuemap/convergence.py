@@ -25,10 +25,6 @@ FALL_FRACTION = 0.1  # the share of the steps over which the fall is projected (
 MIN_VALUES = 20  # shorter histories are not judged
 MAX_TAIL_FALL = 0.01  # of the total decrease, allowed over the last FALL_FRACTION of the steps
 NOISE_Z = 1.0  # standard errors of the slope added to the fall
-# a value this many median absolute deviations above the fitted window's median is an isolated spike (one guide draw
-# far off, e.g. an extreme overdispersion draw evaluated in float32): it is held at that bound so that it cannot
-# decide the judgement; the trend of a window never reaches it
-SPIKE_MADS = 50.0
 
 
 def judge_convergence(loss, option: str, run_option: str) -> dict:
@@ -54,12 +50,8 @@ def judge_convergence(loss, option: str, run_option: str) -> dict:
     n = values.size
     fitted = max(3, int(round(FIT_FRACTION * n)))
     steps = np.arange(n - fitted, n, dtype=np.float64)
-    window = values[-fitted:]
-    spread = np.median(np.abs(window - np.median(window)))
-    if spread > 0:
-        window = np.minimum(window, np.median(window) + SPIKE_MADS * spread)
-    slope, intercept = np.polyfit(steps, window, 1)
-    residuals = window - (slope * steps + intercept)
+    slope, intercept = np.polyfit(steps, values[-fitted:], 1)
+    residuals = values[-fitted:] - (slope * steps + intercept)
     slope_se = math.sqrt(residuals.var(ddof=2) / ((steps - steps.mean()) ** 2).sum())
     fall_steps = FALL_FRACTION * n
     tail_fall = float(-slope * fall_steps)

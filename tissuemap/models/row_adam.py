@@ -11,7 +11,7 @@ full-data fit, and a step costs O(N × L). With the batch holding every location
 single-tensor algorithm).
 
 Measured (benchmarks/RESULTS.md, "Minibatch mapping": 4,000 spots, 4 steps per epoch, 1,000 epochs, lr 0.02, the
-batch likelihood of :mod:`.cell2location.stable_likelihood`): row-wise, −ELBO 4.6823e6 (median of the last tenth),
+cancellation-free batch likelihood, then in a module of its own, now :mod:`.cell2location.likelihood`): row-wise, −ELBO 4.6823e6 (median of the last tenth),
 q05 Pearson with the full-data fit per type >= 0.989, with the truth 0.9192 (per type 0.8977); torch's Adam on
 the table, −ELBO 4.6849e6, per type >= 0.946 with the full-data fit, with the truth 0.9488 (per type 0.9145). The
 whole-table Adam's larger effective step on the local sites carried it further from the full-data fit (itself still

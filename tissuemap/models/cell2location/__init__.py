@@ -7,10 +7,11 @@
 - :mod:`.pyro_model`: the generative process in Pyro, derived from the table: the specification (imported on first use
   of ``model``: training and export need neither it nor Pyro).
 - :mod:`.objective`: the negative ELBO of one guide sample computed directly in torch, equal to Pyro's
-  ``Trace_ELBO`` on the model and much cheaper; its likelihood, with gradients written by hand, in :mod:`.likelihood`
-  (which also holds the blocks of non-zero counts and the count tables that both objectives read).
-- :mod:`.minibatch`: an unbiased estimate of that negative ELBO from a batch of locations, its likelihood in the form
-  of :mod:`.stable_likelihood` (no cancellation at large α).
+  ``Trace_ELBO`` on the model and much cheaper; its likelihood, written without cancellation at large α and with
+  gradients by hand, in :mod:`.likelihood` (which also holds the blocks of non-zero counts and the count tables), its
+  Gamma priors' and guide's log-densities in :mod:`.densities`.
+- :mod:`.minibatch`: an unbiased estimate of that negative ELBO from a batch of locations, with the same likelihood
+  and densities over the batch's rows.
 """
 
 from tissuemap.models.cell2location.objective import MappingObjective

@@ -1,22 +1,35 @@
-"""The μ-dependent terms of the mapping's negative-binomial likelihood and their gradients, written by hand.
+"""The mapping's negative-binomial likelihood, written without cancellation, with its gradients by hand.
+
+Per count x of mean μ and shape α, without the constant −log Γ(x+1),
+
+    log Γ(x+α) − log Γ(α) + α log α − (α+x) log(α+μ) + x log μ  =  Σ_{j<x} log1p(j/α) − α L + x (log μ − L)
+
+with L = log1p(μ/α) (the log α parts cancel exactly). On the left, for a large α (1/v_eg² of a gene whose counts
+are Poisson-like: its guide can draw α of 1e9 and more) the float32 terms are huge and nearly cancel, and their
+rounding errors can exceed the model's whole loss; on the right every term stays of the size of the result. Both
+objectives, full-data (:mod:`.objective`) and minibatch (:mod:`.minibatch`), score counts with this form.
 
 With μ_sg = y_s (Σ_f w_sf g_fg m_g + s_g) = ([y ⊙ w, y] [g ⊙ m; s])_sg (one matrix product) and α = α_eg of the
-location's batch, the terms are ``Σ x log μ − (x+α) log(α+μ)`` over every location × gene entry, written
+location's batch, the μ-dependent terms, summed over every location × gene entry, are
 
-    Σ_{x>0} x log(μ / (α+μ))  −  Σ_g α_g Σ_s log(α+μ)
+    −Σ_g α_g Σ_s L  +  Σ_{x>0} x log(μ r)        with r = 1/(1 + μ/α) = α/(α+μ), L = −log r
 
-so that the counts are read only where they are not zero. Their gradient with respect to μ is −α q + x (1/μ − q)
-with q = 1/(α+μ), i.e. −α q' with q' = q − x q / μ (the second part only where x > 0). Every gradient the model
-needs is a reduction of q' over locations or genes, so two matrix products give them all:
+(x (log μ − L) = x log(μ r): the log of a product, accurate wherever μ ≪ α or μ ≫ α), so that the counts are read
+only where they are not zero. Their gradient with respect to μ is −r + x (1/μ − r/α), i.e. −r' with r' = r − x r / μ
+(the second part only where x > 0); with respect to α, −L + μ r'/α + x/α per entry. Every gradient the model needs is
+a reduction of r' (and of L) over locations or genes, so two matrix products give them all:
 
-    A = [y ⊙ w, y, 1]ᵀ q'       (F+2, G):  ∂/∂m_g, ∂/∂s_g, and part of ∂/∂α_g
-    B = q' [(α m ⊙ g)ᵀ, α s]    (S, F+1):  ∂/∂w_sf and ∂/∂y_s
+    A = [y ⊙ w, y]ᵀ r'          (F+1, G):  ∂/∂m_g, ∂/∂s_g, and Σ_s μ r' = Σ_k [g ⊙ m; s]_kg A_kg for ∂/∂α_g
+    B = r' [g ⊙ m; s]ᵀ          (S, F+1):  ∂/∂w_sf and ∂/∂y_s
 
-and the rest of ∂/∂α_g, −Σ_s log(α+μ) − Σ_{x>0} x/μ, is a column sum. A block of locations is thus one matrix
-product that writes μ, three passes over its location × gene entries (α+μ, its reciprocal, its log), two column
-sums and two matrix products that read q', plus passes over the non-zero counts (two gathers, two scatter-adds that
-never hit an index twice, a few element-wise products); no autograd temporaries. Measured against an all-dense
-variant (no gathers or scatters, the counts read densely): twice as fast at 40-45 % non-zero counts.
+and ∂/∂α_g = −Σ_s L + (Σ_s μ r' + Σ_s x) / α (each term of the size of μ/α: no cancellation of large terms). A block
+of locations is thus one matrix product that writes μ, passes over its location × gene entries (μ/α, 1 + μ/α and its
+reciprocal, the log1p of pairs of rows: :func:`log1p_column_sums`) and two matrix products that read r', plus
+passes over the non-zero counts (two gathers, one scatter-add that never hits an index twice, a few element-wise
+products); no autograd temporaries. Measured against an all-dense variant (no gathers or scatters, the counts read
+densely): twice as fast at 40-45 % non-zero counts. The terms that involve only α and the counts, Σ_{j<x} log1p(j/α),
+come from the count tables (:class:`~tissuemap.models.negative_binomial.ExceedanceTerms`,
+:func:`~tissuemap.models.negative_binomial.large_count_log1p_terms`).
 """
 
 from __future__ import annotations
@@ -58,13 +71,16 @@ def histogram_cutoff(value_parts, n_batches: int, n_genes: int) -> int:
 
 @dataclass(frozen=True)
 class HistogramTables:
-    """What Σ log Γ(x+α) − log Γ(α) needs of some counts, per batch and gene, for the cutoff K (see
-    :class:`CountTables`): the dense exceedance table and the counts above K one by one."""
+    """What Σ_{j<x} log1p(j/α) and the α-gradient of the likelihood need of some counts, per batch and gene, for the
+    cutoff K (see :class:`CountTables`): the dense exceedance table, the counts above K one by one and per batch and
+    gene, and the total count of every batch and gene."""
 
     exceedance: torch.Tensor  # (E, K, G): batch e's counts of gene g above j
-    large_values: torch.Tensor  # counts above K, with their batch and gene
-    large_batch: torch.Tensor
-    large_gene: torch.Tensor
+    large_values: torch.Tensor  # counts above K
+    large_pairs: torch.Tensor  # their batch e and gene g, as e * G + g
+    large_counts: torch.Tensor  # (E, G): how many counts of batch e and gene g are above K
+    large_excess: torch.Tensor  # (E, G): their Σ (x − K)
+    totals: torch.Tensor  # (E, G): Σ x over batch e's locations, of gene g
 
     @staticmethod
     def build(parts, n_batches: int, n_genes: int, cutoff: int) -> HistogramTables:
@@ -82,8 +98,17 @@ class HistogramTables:
             large_gene.append(genes.index_select(0, large))
             large_batch.append(batch.index_select(0, large) if isinstance(batch, torch.Tensor)
                                else torch.full_like(large_gene[-1], batch))
-        return HistogramTables(exceedance_table(histogram.reshape(E, K, G), 1).to(values.dtype),
-                               *(torch.cat(part) for part in (large_values, large_batch, large_gene)))
+        exceedance = exceedance_table(histogram.reshape(E, K, G), 1)
+        large_values, large_batch, large_gene = (torch.cat(part) for part in (large_values, large_batch, large_gene))
+        pairs = large_batch * G + large_gene
+        # per batch and gene, in integers (exact, in any order): no host read when the objective uses them
+        large_counts = torch.zeros(E * G, dtype=torch.int64, device=pairs.device).index_add_(
+            0, pairs, torch.ones_like(pairs))
+        large_excess = torch.zeros_like(large_counts).index_add_(0, pairs, large_values.long() - K)
+        totals = exceedance.sum(1).view(-1) + large_excess  # Σ min(x, K) from the table, then the rest
+        dtype = values.dtype
+        return HistogramTables(exceedance.to(dtype), large_values, pairs,
+                               *(part.view(E, G).to(dtype) for part in (large_counts, large_excess, totals)))
 
 
 @dataclass(frozen=True)
@@ -100,13 +125,15 @@ class CountBlock:
 
 class CountTables:
     """What the likelihood needs of the observed counts, computed once: the non-zero counts of every block of
-    locations (:class:`CountBlock`), and the tables for Σ_s log Γ(x+α) − log Γ(α) = Σ_j #(x > j) log(α + j) per
-    batch and gene (:mod:`tissuemap.models.negative_binomial`), built one block at a time (no whole-data temporary).
+    locations (:class:`CountBlock`), the total count of every batch and gene (``totals``), and the tables for
+    Σ_s Σ_{j<x} log1p(j/α) = Σ_j #(x > j) log1p(j/α) per batch and gene (:mod:`tissuemap.models.negative_binomial`),
+    built one block at a time (no whole-data temporary).
 
     ``exceedance`` (:class:`~tissuemap.models.negative_binomial.ExceedanceTerms`) counts, per batch e and gene g, the
     locations with x_sg > j, for j below the cutoff K (the smallest count value, 1 to :data:`HISTOGRAM_MAX_COUNT`,
     exceeded by at most E·G entries); the rare larger counts
-    (``large_values``, ``large_batch``, ``large_gene``) get log Γ(x+α) − log Γ(K+α) each. ``log_factorial_total``:
+    (``large_values``, ``large_pairs``, ``large_counts``, ``large_excess``: as in :class:`HistogramTables`) get
+    Σ_{K≤j<x} log1p(j/α) each. ``log_factorial_total``:
     the constant Σ log Γ(x+1) the objective leaves out.
 
     Parameters
@@ -136,10 +163,10 @@ class CountTables:
         tables = HistogramTables.build(((block.values, block.flat_index % n_genes, block.batch)
                                         for block in self.blocks), n_batches, n_genes, self.cutoff)
         self.exceedance = ExceedanceTerms(tables.exceedance)
-        self.large_values, self.large_batch, self.large_gene = tables.large_values, tables.large_batch, tables.large_gene
+        self.large_values, self.large_pairs = tables.large_values, tables.large_pairs
+        self.large_counts, self.large_excess, self.totals = tables.large_counts, tables.large_excess, tables.totals
         self.log_factorial_total = sum(float(torch.lgamma(block.values.double() + 1).sum()) for block in self.blocks)
         self.scratch = CountScratch(max(end - start for start, end, _ in ranges) * n_genes, counts)
-        self.ones = counts.new_ones(counts.shape[0], 1)
 
 
 class CountScratch:
@@ -154,8 +181,23 @@ class CountScratch:
         return self.first[:size].view(rows, genes), self.second[:size].view(rows, genes)
 
 
-def block_terms(w, detection, left, linear, alpha, right, block: CountBlock, scratch: CountScratch):
-    """The terms of one block of locations of one batch, and their gradients.
+def log1p_column_sums(ratio: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Σ over rows of log1p(``ratio``) ``(n, G)``, ``ratio`` ≥ 0, working in ``scratch`` (its first n/2 rows).
+
+    Two rows at a time, log1p(a) + log1p(b) = log1p(a + b + ab): half the log1p (on a CPU three times a log's cost),
+    and a + b + ab keeps the relative precision of a and b (a sum of non-negative terms). It overflows only where
+    (1+a)(1+b) exceeds float32's range, μ/α above 1e19: an α below 1e-13, a guide draw far beyond any fit.
+    """
+    half = ratio.shape[0] // 2
+    top, bottom = ratio[:half], ratio[half: 2 * half]
+    sums = torch.add(top, bottom, out=scratch[:half]).addcmul_(top, bottom).log1p_().sum(0)
+    if ratio.shape[0] % 2:
+        sums += torch.log1p(ratio[-1])
+    return sums
+
+
+def block_terms(w, detection, left, linear, inverse_alpha, block: CountBlock, scratch: CountScratch):
+    """The μ-dependent terms of one block of locations of one batch but −Σ_g α_g Σ_s L, and their gradients.
 
     Parameters
     ----------
@@ -164,74 +206,73 @@ def block_terms(w, detection, left, linear, alpha, right, block: CountBlock, scr
     detection
         ``(n, 1)`` y_s.
     left
-        ``(n, F+2)`` [y ⊙ w, y, 1] (see the module's note).
+        ``(n, F+1)`` [y ⊙ w, y] (see the module's note).
     linear
-        ``(F+1, G)`` [g ⊙ m; s] of the block's batch: μ = left[:, :F+1] @ linear.
-    alpha
-        ``(1, G)`` α_eg of the block's batch.
-    right
-        ``(G, F+1)`` [(α m ⊙ g)ᵀ, α s] of the block's batch.
+        ``(F+1, G)`` [g ⊙ m; s] of the block's batch: μ = left @ linear.
+    inverse_alpha
+        ``(1, G)`` 1/α_eg of the block's batch.
     block, scratch
         The block's non-zero counts, and the buffers to work in.
 
     Returns
     -------
-    The terms (0-d); the gradients with respect to ``w`` ``(n, F)`` and ``detection`` ``(n, 1)``; and ``A``
-    ``(F+2, G)`` and −Σ_s log(α+μ) − Σ_{x>0} x/μ ``(G,)``, from which the gradients with respect to m_g, s_eg and
+    Σ_{x>0} x log(μ r) (0-d); the gradients with respect to ``w`` ``(n, F)`` and ``detection`` ``(n, 1)``; ``A``
+    ``(F+1, G)`` and Σ_s L ``(G,)``, from which the rest of the terms and the gradients with respect to m_g, s_eg and
     α_eg follow per batch.
     """
     n, F = w.shape
-    inverse, log_inverse = scratch.views(n, linear.shape[1])
+    ratio, log1p_ratio = scratch.views(n, linear.shape[1])
     index = block.flat_index
-    mu = torch.mm(left[:, :F + 1], linear, out=inverse)  # μ = (w (g ⊙ m) + s) y, one matrix product
+    mu = torch.mm(left, linear, out=ratio)  # μ = (w (g ⊙ m) + s) y, one matrix product
     mu_observed = mu.view(-1).index_select(0, index)
-    inverse = mu.add_(alpha).reciprocal_()  # q = 1 / (α+μ)
-    inverse_observed = inverse.view(-1).index_select(0, index)
-    torch.log(inverse, out=log_inverse)  # −log(α+μ)
-    # −Σ_g α_g Σ_s log(α+μ), and Σ_{x>0} x log(μ q): the log of μ q = μ / (α+μ) stays accurate where μ ≪ α
-    terms = (torch.dot(alpha.view(-1), log_inverse.sum(0))
-             + torch.dot(block.values, torch.log(mu_observed * inverse_observed)))
-    minus_counts_over_mu = block.negative_values / mu_observed
-    inverse.view(-1).scatter_add_(0, index, minus_counts_over_mu * inverse_observed)  # q'
-    log_inverse.view(-1).scatter_add_(0, index, minus_counts_over_mu)
-    minus_alpha_terms = log_inverse.sum(0)  # −Σ_s log(α+μ) − Σ_{x>0} x/μ
-    reduced_genes = left.T @ inverse  # A
-    reduced_locations = inverse @ right  # B
+    ratio = mu.mul_(inverse_alpha)  # μ/α
+    log1p_sums = log1p_column_sums(ratio, log1p_ratio)  # Σ_s L
+    share = ratio.add_(1).reciprocal_()  # r = α/(α+μ)
+    share_observed = share.view(-1).index_select(0, index)
+    terms = torch.dot(block.values, torch.log(mu_observed * share_observed))
+    share.view(-1).scatter_add_(0, index, block.negative_values / mu_observed * share_observed)  # r'
+    reduced_genes = left.T @ share  # A
+    reduced_locations = share @ linear.T  # B
     grad_w = reduced_locations[:, :F].mul(detection).neg_()
     grad_detection = -(torch.linalg.vecdot(w, reduced_locations[:, :F]) + reduced_locations[:, F]).unsqueeze(1)
-    return terms, grad_w, grad_detection, reduced_genes, minus_alpha_terms
+    return terms, grad_w, grad_detection, reduced_genes, log1p_sums
 
 
 class NegativeBinomialMeanTerms(torch.autograd.Function):
-    """Σ over locations and genes of the μ-dependent NB terms (see the module's note). Gradients are computed in the
-    forward pass, block by block, so that no location × gene temporary outlives its block."""
+    """Σ over locations and genes of the μ-dependent terms (see the module's note), block by block, with the part of
+    the α-gradient that comes with them (Σ_s x/α included). Gradients are computed in the forward pass, so that no
+    location × gene temporary outlives its block.
+
+    ``counts``: the blocks of non-zero counts (``blocks``, rows counted as in ``w``), the ``(F, G)`` ``signatures``,
+    the ``(E, G)`` ``totals`` of the counts of those rows, and a :class:`CountScratch` for the largest block
+    (``scratch``): a :class:`CountTables`, or a minibatch's batch.
+    """
 
     @staticmethod
     def forward(ctx, w, platform, background, detection, alpha, counts):
         F = w.shape[1]
-        weighted = counts.signatures * platform  # (F, G)
+        E, G = alpha.shape
+        inverse_alpha = alpha.reciprocal()
         grad_w = torch.empty_like(w)
         grad_detection = torch.empty_like(detection)
-        # per batch: A summed over its blocks, and −Σ_s log(α+μ) − Σ_{x>0} x/μ
-        reduced = w.new_zeros(alpha.shape[0], F + 2, alpha.shape[1])
-        alpha_terms = torch.zeros_like(alpha)
-        E, G = alpha.shape
-        rights = torch.cat([(weighted * alpha.unsqueeze(1)).transpose(1, 2), (alpha * background).unsqueeze(2)], 2)
-        linears = torch.cat([weighted.expand(E, F, G), background.unsqueeze(1)], 1)
-        lefts = torch.cat([w * detection, detection, counts.ones[: w.shape[0]]], 1)
+        reduced = w.new_zeros(E, F + 1, G)  # per batch: A summed over its blocks
+        log1p_sums = torch.zeros_like(alpha)  # per batch: Σ_s L
+        linears = torch.cat([(counts.signatures * platform).expand(E, F, G), background.unsqueeze(1)], 1)
+        lefts = torch.cat([w * detection, detection], 1)
         terms = w.new_zeros(())
         for block in counts.blocks:
             rows, batch = slice(block.start, block.end), block.batch
-            block_sum, grad_w[rows], grad_detection[rows], block_reduced, block_alpha_terms = block_terms(
-                w[rows], detection[rows], lefts[rows], linears[batch], alpha[batch: batch + 1], rights[batch], block,
+            block_sum, grad_w[rows], grad_detection[rows], block_reduced, block_log1p_sums = block_terms(
+                w[rows], detection[rows], lefts[rows], linears[batch], inverse_alpha[batch: batch + 1], block,
                 counts.scratch,
             )
             terms += block_sum
             reduced[batch] += block_reduced
-            alpha_terms[batch] += block_alpha_terms
-        grad_platform = -(alpha * (counts.signatures * reduced[:, :F]).sum(1)).sum(0, keepdim=True)
-        grad_background = -alpha * reduced[:, F]
-        grad_alpha = alpha_terms - alpha * reduced[:, F + 1]
+            log1p_sums[batch] += block_log1p_sums
+        terms -= torch.dot(alpha.view(-1), log1p_sums.view(-1))
+        grad_platform = -(counts.signatures * reduced[:, :F]).sum((0, 1)).unsqueeze(0)
+        grad_background = -reduced[:, F]
+        grad_alpha = ((linears * reduced).sum(1) + counts.totals).mul_(inverse_alpha).sub_(log1p_sums)
         ctx.save_for_backward(grad_w, grad_platform, grad_background, grad_detection, grad_alpha)
         return terms
 

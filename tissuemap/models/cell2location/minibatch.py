@@ -9,13 +9,13 @@ All samples form one joint model:
   location is in the batch: their prior and guide terms and the whole likelihood of the batch's counts are scaled by
   S/N (S locations in all, N in the batch), so that the loss is an unbiased estimate of the full-data loss.
 
-The batch's likelihood is written as in :mod:`.stable_likelihood`, without the large, nearly cancelling terms of
-the full-data form. Its terms that involve only α_eg and the counts (the count histogram's) are estimated from the
-batch too, not computed exactly from the full data: for a large α they cancel, spot by spot, most of a μ-dependent
-term, and apart they do not cancel within a batch, whose share of each slide's spots varies. Measured on 2 × 2,000
-simulated spots (benchmarks/RESULTS.md, "Minibatch mapping"): with exact full-data terms the loss estimate swung by
-up to 1e18 after ~200 epochs; with the full-data form estimated from the batch, the fit learned to exploit float32
-rounding at large α (the loss fell to half the full-data fit's while the guides of some α widened to σ > 4).
+The batch's likelihood is the full-data objective's (:mod:`.likelihood`: the same blocks and hand-written gradients,
+over the batch's rows), written without large, nearly cancelling terms at large α. Its terms that involve only α_eg
+and the counts (the count histogram's) are estimated from the batch too, not computed exactly from the full data:
+with exact full-data terms the loss estimate swung by up to 1e18 after ~200 epochs on 2 × 2,000 simulated spots;
+with the likelihood's earlier form (α log α − α log(α+μ) apart) estimated from the batch, the fit learned to exploit
+float32 rounding at large α (the loss fell to half the full-data fit's while the guides of some α widened to σ > 4;
+benchmarks/RESULTS.md, "Minibatch mapping").
 
 Over an epoch (a partition of the locations into batches), the batches' losses and gradients weighted by N_b/S sum to
 the full-data ones for the same guide noise; with equal batch sizes that is their mean (``tests/test_minibatch.py``).
@@ -39,14 +39,16 @@ from dataclasses import dataclass
 
 import torch
 
+from tissuemap.models.cell2location.densities import draw_guide, gamma_log_density
 from tissuemap.models.cell2location.likelihood import (
     CountBlock,
+    CountScratch,
     HistogramTables,
+    NegativeBinomialMeanTerms,
     block_ranges,
     default_block_rows,
     histogram_cutoff,
 )
-from tissuemap.models.cell2location.objective import HALF_LOG_2PI
 from tissuemap.models.cell2location.sites import (
     LOCATION_SITES,
     SITE_NAMES,
@@ -54,10 +56,8 @@ from tissuemap.models.cell2location.sites import (
     MappingData,
     MappingPriors,
     SiteLayout,
-    guide_scale,
 )
-from tissuemap.models.cell2location.stable_likelihood import StableMeanTerms, count_terms
-from tissuemap.models.negative_binomial import count_steps
+from tissuemap.models.negative_binomial import count_steps, histogram_log1p_terms, large_count_log1p_terms
 
 
 class SplitLayout:
@@ -123,22 +123,24 @@ def as_csr(counts: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Batch:
     """The locations of one step and their non-zero counts, in blocks of one slide each (:class:`CountBlock`, rows
-    counted within the batch). ``ids`` are sorted, so that each slide's locations are contiguous."""
+    counted within the batch), with what :class:`~.likelihood.NegativeBinomialMeanTerms` reads of them. ``ids`` are
+    sorted, so that each slide's locations are contiguous."""
 
     ids: torch.Tensor  # (N,) location indices, ascending
     slides: torch.Tensor  # (N,) slide of each
     blocks: list[CountBlock]
     tables: HistogramTables  # of the batch's counts
-    signatures: torch.Tensor  # (F, G), for StableMeanTerms
+    signatures: torch.Tensor  # (F, G)
+    scratch: CountScratch  # for the batch's largest block
 
     @property
     def size(self) -> int:
         return self.ids.numel()
 
-
-def gamma_log_density(shape, rate, z, theta) -> torch.Tensor:
-    """Σ log Gamma(θ; shape, rate) with log θ = z given (shape and rate broadcast to θ's shape)."""
-    return (shape * torch.log(rate) + (shape - 1) * z - rate * theta - torch.lgamma(shape)).sum()
+    @property
+    def totals(self) -> torch.Tensor:
+        """``(E, G)`` Σ x over the batch's locations of each slide."""
+        return self.tables.totals
 
 
 class MinibatchObjective:
@@ -197,7 +199,8 @@ class MinibatchObjective:
             entry_start = entry_end
         entry_slides = torch.repeat_interleave(slides, lengths, output_size=total)
         tables = HistogramTables.build([(values, genes, entry_slides)], E, G, self.cutoff)
-        return Batch(ids, slides, blocks, tables, self.signatures)
+        scratch = CountScratch(max(end - start for start, end, _ in bounds) * G, self.values)
+        return Batch(ids, slides, blocks, tables, self.signatures, scratch)
 
     def _prior_parameters(self, v: dict[str, torch.Tensor], batch: Batch) -> dict:
         """Gamma shape and rate of every site's prior (:data:`~.sites.SITES`), the per-location ones for the batch's
@@ -212,14 +215,16 @@ class MinibatchObjective:
         return {site.name: tuple(tensor(value) for value in site.prior(v, rows, self.priors)) for site in SITES}
 
     def log_likelihood(self, theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """log p(the batch's counts | sites) without the constant −Σ log Γ(x+1), in the form of
-        :mod:`.stable_likelihood`."""
+        """log p(the batch's counts | sites) without the constant −Σ log Γ(x+1), as the full-data objective writes it
+        (:mod:`.likelihood`), over the batch's rows."""
         alpha = theta["v_eg"].pow(-2)  # (E, G)
-        mean_terms = StableMeanTerms.apply(theta["w_sf"], theta["m_g"], theta["s_eg"], theta["y_s"], alpha, batch)
+        mean_terms = NegativeBinomialMeanTerms.apply(theta["w_sf"], theta["m_g"], theta["s_eg"], theta["y_s"], alpha,
+                                                     batch)
         tables = batch.tables
-        return mean_terms + count_terms(tables.exceedance, tables.large_values,
-                                        alpha[tables.large_batch, tables.large_gene], alpha, self.count_steps,
-                                        self.cutoff)
+        histogram = histogram_log1p_terms(tables.exceedance, alpha.unsqueeze(1), self.count_steps)
+        large = large_count_log1p_terms(tables.large_values, tables.large_pairs, alpha, self.cutoff,
+                                        tables.large_counts, tables.large_excess)
+        return mean_terms + histogram + large
 
     def negative_elbo(self, global_parameters: torch.Tensor, local_parameters: torch.Tensor,
                       global_eps: torch.Tensor, local_eps: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -235,8 +240,8 @@ class MinibatchObjective:
             ``(P_global,)`` and ``(N, L)`` standard normal noise.
         """
         scale = self.data.n_locations / batch.size  # the batch's terms stand for all S locations
-        global_z, global_term = _draw(global_parameters, global_eps)
-        local_z, local_term = _draw(local_parameters, local_eps)
+        global_z, global_term = draw_guide(global_parameters, global_eps)
+        local_z, local_term = draw_guide(local_parameters, local_eps)
         z = {**self.layout.global_sites(global_z), **self.layout.local_sites(local_z)}
         theta = {name: torch.exp(value) for name, value in z.items()}
         parameters = self._prior_parameters(theta, batch)
@@ -248,9 +253,3 @@ class MinibatchObjective:
         estimated = log_prior(LOCATION_SITES) + self.log_likelihood(theta, batch) + local_term
         return -(exact + scale * estimated)
 
-
-def _draw(parameters: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z = loc + σ·eps`` and −log q of the draw (its normal density and the Jacobian of θ = exp(z))."""
-    loc, scale = parameters[0], guide_scale(parameters[1])
-    z = loc + scale * eps
-    return z, (0.5 * eps.square() + torch.log(scale) + z).sum() + HALF_LOG_2PI * eps.numel()

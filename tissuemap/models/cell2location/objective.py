@@ -2,10 +2,11 @@
 
 Equal to Pyro's ``Trace_ELBO`` on :func:`~.pyro_model.model` with ``AutoNormal`` (the tests check loss and
 gradients), and much cheaper: reparameterised log-normal draws; the Gamma log-densities of all sites in a few calls
-over the flat vector of latent values (:meth:`MappingObjective.log_prior`); a negative-binomial likelihood that does
-no redundant work (the constant ``log Γ(x+1)`` left out, ``Σ log Γ(x+α)`` from the non-zero entries of each gene's
-count histogram, the terms of every location × gene entry and their gradient computed together by hand, block by
-block, zero counts never read: :mod:`.likelihood`). Everything that depends only on the data is computed once.
+over the flat vector of latent values (:meth:`MappingObjective.log_prior`); a negative-binomial likelihood written
+without cancellation at large α that does no redundant work (the constant ``log Γ(x+1)`` left out,
+``Σ_{j<x} log1p(j/α)`` from the non-zero entries of each gene's count histogram, the terms of every location × gene
+entry and their gradient computed together by hand, block by block, zero counts never read: :mod:`.likelihood`).
+Everything that depends only on the data is computed once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 
 import torch
 
+from tissuemap.models.cell2location.densities import draw_guide, gamma_log_density, gamma_normaliser
 from tissuemap.models.cell2location.likelihood import CountTables, NegativeBinomialMeanTerms
 from tissuemap.models.cell2location.sites import (
     SITE_NAMES,
@@ -21,12 +23,9 @@ from tissuemap.models.cell2location.sites import (
     MappingData,
     MappingPriors,
     SiteLayout,
-    guide_scale,
     prior_means,
 )
-from tissuemap.models.negative_binomial import large_count_log_gamma_terms
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from tissuemap.models.negative_binomial import large_count_log1p_terms
 
 
 class MappingObjective:
@@ -51,9 +50,7 @@ class MappingObjective:
         self.priors = priors
         self.layout = SiteLayout.for_data(data, priors)
         self.batch_index = data.batch_index
-        bounds = data.batch_bounds()
-        self.locations_per_batch = data.counts.new_tensor([[end - start] for start, end in bounds])
-        self.counts = CountTables(data.counts, data.signatures, bounds, block_rows)
+        self.counts = CountTables(data.counts, data.signatures, data.batch_bounds(), block_rows)
         self.log_factorial_total = self.counts.log_factorial_total
         self.sizes = [math.prod(self.layout.shapes[name]) for name in SITE_NAMES]
         self._setup_priors()
@@ -74,7 +71,7 @@ class MappingObjective:
             a, b = (torch.as_tensor(value, dtype=like.dtype, device=like.device).expand(shape).reshape(-1)
                     for value in site.prior({}, self.data, self.priors))
             self.constant_shape[site.name], self.constant_rate[site.name] = a, b
-            constant_normaliser += float((a.double() * torch.log(b.double()) - torch.lgamma(a.double())).sum())
+            constant_normaliser += float(gamma_normaliser(a.double(), b.double()))
         self.constant_normaliser = constant_normaliser
         self.multiplicity = torch.cat(multiplicity).to(like.device)
 
@@ -89,9 +86,9 @@ class MappingObjective:
         return torch.broadcast_tensors(a, b)
 
     def log_prior(self, z: torch.Tensor, theta: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Σ over all sites of log Gamma(θ; a, b) = a log b − log Γ(a) + (a − 1) z − b θ, using log θ = z (flat)."""
+        """Σ over all sites of log Gamma(θ; a, b) (:func:`.densities.gamma_log_density`), using log θ = z (flat)."""
         shape, rate, normaliser = self._spread_priors(v)
-        return normaliser + torch.dot(shape - 1, z) - torch.dot(rate, theta)
+        return gamma_log_density(shape, rate, z, theta, normaliser)
 
     def _spread_priors(self, v: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shape a and rate b of every value's prior, flat ``(P,)``, and Σ a log b − log Γ(a) over all values.
@@ -113,7 +110,7 @@ class MappingObjective:
             shapes.append(a.expand(site_shape).reshape(-1))
             rates.append(b.expand(site_shape).reshape(-1))
         a, b = torch.cat(dependent_shapes), torch.cat(dependent_rates)
-        normaliser = torch.dot(self.multiplicity, a * torch.log(b) - torch.lgamma(a)) + self.constant_normaliser
+        normaliser = gamma_normaliser(a, b, self.multiplicity) + self.constant_normaliser
         return torch.cat(shapes), torch.cat(rates), normaliser
 
     def log_likelihood(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -121,12 +118,11 @@ class MappingObjective:
         alpha = v["v_eg"].pow(-2)  # (E, G)
         counts = self.counts
         mean_terms = NegativeBinomialMeanTerms.apply(v["w_sf"], v["m_g"], v["s_eg"], v["y_s"], alpha, counts)
-        alpha_log_alpha = (self.locations_per_batch * alpha * torch.log(alpha)).sum()
-        # Σ_s log Γ(x+α) − log Γ(α): histogram part, then the counts above the cutoff one by one
+        # Σ_s Σ_{j<x} log1p(j/α): histogram part, then the counts above the cutoff one by one
         histogram = counts.exceedance(alpha)
-        large = large_count_log_gamma_terms(counts.large_values, alpha[counts.large_batch, counts.large_gene],
-                                            counts.cutoff)
-        return mean_terms + alpha_log_alpha + histogram + large
+        large = large_count_log1p_terms(counts.large_values, counts.large_pairs, alpha, counts.cutoff,
+                                        counts.large_counts, counts.large_excess)
+        return mean_terms + histogram + large
 
     def negative_elbo(self, guide_parameters: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """−ELBO (without Σ log Γ(x+1)) for the guide sample ``θ = exp(loc + scale·eps)``.
@@ -138,16 +134,9 @@ class MappingObjective:
         eps
             ``(P,)`` standard normal noise.
         """
-        loc, raw_scale = guide_parameters.unbind(0)
-        scale = guide_scale(raw_scale)
-        z = torch.addcmul(loc, scale, eps)
+        z, minus_log_q = draw_guide(guide_parameters, eps)
         theta = torch.exp(z)
         # one split (its gradient is one concatenation), then every site's view at its shape
         values = {name: part.view(self.layout.shapes[name])
                   for name, part in zip(SITE_NAMES, theta.split(self.sizes))}
-        shape, rate, normaliser = self._spread_priors(values)
-        # log p(θ) − log q(θ): the prior's (a − 1) z and the Jacobian's z of θ = exp(z) together make a z; the
-        # normal density of z gives −Σ log(scale) − Σ eps² / 2 − P log √(2π)
-        log_ratio = (normaliser + torch.dot(shape, z) - torch.dot(rate, theta) + torch.log(scale).sum()
-                     + 0.5 * torch.dot(eps, eps) + HALF_LOG_2PI * eps.numel())
-        return -(log_ratio + self.log_likelihood(values))
+        return -(self.log_prior(z, theta, values) + minus_log_q + self.log_likelihood(values))
