@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_minibatch import average_precision  # one definition for both benchmarks (run from benchmarks/)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--marks", default="250,500,1000,2000", help="iterations at which the fit is summarised")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     return parser.parse_args(argv)
-
-
-def average_precision(score: np.ndarray, present: np.ndarray) -> float:
-    """Area under the precision-recall curve of ranking spots by ``score`` to find those where ``present``."""
-    hits = present[np.argsort(-score, kind="stable")].astype(float)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
 
 
 def accuracy(q05: np.ndarray, truth: np.ndarray) -> dict:
